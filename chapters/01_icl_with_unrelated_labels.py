@@ -1,0 +1,204 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. In-context learning with unrelated labels
+#
+# **Question.** Does a small language model learn a classification task *from the demonstrations
+# in its prompt* when the label words mean nothing — `foo` and `bar` instead of `animal` and
+# `vehicle`? Yu & Ananiadou {cite}`yu2024incontext` study exactly this setting: with unrelated
+# labels, the model cannot fall back on what the label words mean, so whatever it gets right it has
+# read off the demonstrations. Every later chapter dissects this behaviour, so first we measure it.
+#
+# **Method.** For each task we build prompts of $k$ demonstrations per class followed by a query,
+# and read the model's next-token logits for the two label words at the last position:
+#
+# ```text
+# Input: dog
+# Label: foo
+#
+# Input: car
+# Label: bar
+#
+# Input: cat
+# Label:
+# ```
+#
+# We compare three conditions: **foo/bar** labels, **meaningful** labels (the class names), and
+# **zero-shot** ($k = 0$). Queries never appear among their own demonstrations; queries are
+# balanced across classes; demonstrations are shuffled with a fixed seed.
+#
+# Small models put a prior on one label word whatever the input, so raw accuracy understates how
+# well they separate the classes. We report three numbers:
+#
+# * **raw accuracy**: argmax over the two label words;
+# * **calibrated accuracy**: batch calibration {cite}`zhou2024batch` divides each prompt's label
+#   probabilities by their mean over the evaluated prompts (which are class-balanced by
+#   construction) before the argmax;
+# * **AUC** of the logit difference: how well the scores rank the two classes, with no threshold.
+
+# %% tags=["parameters"]
+MODEL = "gemma3-270m"  # embedded: "gemma3-270m", "smollm2-135m"; on Colab try "gpt2-large", "meta-llama/Llama-2-7b-hf"
+COMPARE_MODELS = ["gemma3-270m", "smollm2-135m"]  # models compared at k = 8 to choose the book's default
+TASKS = ["animal_vehicle", "fruit_colour", "sentiment_words", "country_food"]
+DEMOS_PER_CLASS = [0, 1, 2, 4, 8]
+N_PROMPTS = 48  # per task, condition and k
+SEED = 0
+BATCH_SIZE = 16
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+import icl_utils as iu
+from icl_utils.reporting import Claim, claims_table, save_results
+
+sns.set_theme(style="whitegrid", context="notebook")
+start = time.time()
+info = iu.load_model(MODEL)
+info
+
+# %% [markdown]
+# One prompt, exactly as the model reads it, with the label positions the later chapters use:
+
+# %%
+example_task = iu.load_task(TASKS[0])
+example = iu.build_prompts(example_task, 1, demos_per_class=2, seed=SEED)[0]
+print(example.text)
+batch = iu.encode_prompts(info, [example])
+tokens = info.tokenizer.convert_ids_to_tokens(batch.input_ids[0])
+print("\nlabel positions:", batch.label_positions[0], "->", [tokens[i] for i in batch.label_positions[0]])
+print("last position:", int(batch.last_positions[0]), "->", repr(tokens[int(batch.last_positions[0])]))
+print("label token ids:", dict(zip(iu.FOO_BAR, iu.label_token_ids(info.tokenizer, iu.FOO_BAR))))
+
+# %% [markdown]
+# ## Accuracy against the number of demonstrations
+#
+# For $k = 0$ the foo/bar condition has nothing to learn from: it shows the label prior alone.
+
+# %%
+def evaluate(info, task_name, label_words, k):
+    task = iu.load_task(task_name)
+    prompts = iu.build_prompts(task, N_PROMPTS, demos_per_class=k, label_words=label_words, seed=SEED)
+    scores = iu.score_prompts(info, prompts, batch_size=BATCH_SIZE, progress=False)
+    return {"model": info.name, "task": task_name, "labels": label_words, "k": k, **scores.summary()}
+
+
+rows = []
+from tqdm.auto import tqdm
+
+grid = [(t, lw, k) for t in TASKS for lw in ("foo/bar", "meaningful") for k in DEMOS_PER_CLASS]
+for task_name, label_words, k in tqdm(grid, desc=f"{MODEL}: tasks x labels x k"):
+    rows.append(evaluate(info, task_name, label_words, k))
+results = pd.DataFrame(rows)
+results.round(2)
+
+# %%
+long = results.melt(
+    id_vars=["task", "labels", "k"], value_vars=["accuracy", "calibrated_accuracy"],
+    var_name="metric", value_name="value",
+)
+grid_plot = sns.relplot(
+    data=long, x="k", y="value", hue="labels", style="metric", col="task", kind="line",
+    markers=True, height=3.2, aspect=0.9, facet_kws={"ylim": (0.3, 1.02)},
+)
+for ax in grid_plot.axes.flat:
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("symlog", base=2, linthresh=1)
+    ax.set_xticks(DEMOS_PER_CLASS, labels=DEMOS_PER_CLASS)
+grid_plot.set_axis_labels("demonstrations per class (k)", "accuracy")
+grid_plot.figure.suptitle(f"{MODEL}: in-context learning with foo/bar vs meaningful labels", y=1.04)
+plt.show()
+
+# %% [markdown]
+# ## Which embedded model learns better in context?
+#
+# The book needs one default model that runs on a laptop CPU. We compare the embedded models on
+# the same prompts at the largest $k$, with foo/bar labels: the condition every later chapter uses.
+
+# %%
+k_max = max(DEMOS_PER_CLASS)
+compare_rows = [r for r in rows if r["labels"] == "foo/bar" and r["k"] == k_max]
+for other in [m for m in COMPARE_MODELS if m != MODEL]:
+    other_info = iu.load_model(other)
+    for task_name in tqdm(TASKS, desc=f"{other}: k={k_max}"):
+        compare_rows.append(evaluate(other_info, task_name, "foo/bar", k_max))
+    del other_info
+comparison = pd.DataFrame(compare_rows)[["model", "task", "accuracy", "calibrated_accuracy", "auc", "prior_first_label"]]
+comparison.round(2)
+
+# %%
+by_model = comparison.groupby("model")[["accuracy", "calibrated_accuracy", "auc"]].mean()
+best_model = by_model["auc"].idxmax()
+by_model.round(3)
+
+# %% [markdown]
+# ## Verdict
+#
+# The numbers below are computed from the tables above in this run.
+
+# %%
+foo_bar = results[results.labels == "foo/bar"]
+at_k = foo_bar[foo_bar.k == k_max].set_index("task")
+zero = foo_bar[foo_bar.k == 0].set_index("task")
+learned = at_k[at_k.calibrated_accuracy >= 0.75].index.tolist()
+chance_tasks = at_k[at_k.calibrated_accuracy < 0.6].index.tolist()
+meaningful = results[(results.labels == "meaningful") & (results.k == k_max)].set_index("task")
+gain_from_meaning = (meaningful.calibrated_accuracy - at_k.calibrated_accuracy).mean()
+prior = at_k.prior_first_label.mean()
+
+print(f"With foo/bar labels and k={k_max}, {MODEL}: mean raw accuracy {at_k.accuracy.mean():.2f}, "
+      f"calibrated {at_k.calibrated_accuracy.mean():.2f}, AUC {at_k.auc.mean():.2f} "
+      f"(zero-shot calibrated: {zero.calibrated_accuracy.mean():.2f}).")
+print(f"It predicts '{iu.FOO_BAR[0]}' on {prior:.0%} of prompts before calibration (balanced queries: 50% would be no prior).")
+print(f"Tasks learned in context (calibrated accuracy >= 0.75): {learned or 'none'}; near chance (< 0.6): {chance_tasks or 'none'}.")
+print(f"Meaningful labels add {gain_from_meaning:+.2f} calibrated accuracy on average at k={k_max}.")
+print(f"Best-separating embedded model (mean AUC at k={k_max}, foo/bar): {best_model}.")
+
+# %%
+claims = [
+    Claim(
+        claim="LLMs classify in context with semantically unrelated labels (foo/bar)",
+        paper="Llama-7B, 5 sentence datasets: 87.6% accuracy (Yu & Ananiadou 2024)",
+        book=f"{MODEL}, {len(TASKS)} word tasks, k={k_max}: raw {at_k.accuracy.mean():.1%}, "
+             f"calibrated {at_k.calibrated_accuracy.mean():.1%}, AUC {at_k.auc.mean():.2f}",
+        verdict=("reproduced after calibration (small model, easier word tasks)"
+                 if at_k.calibrated_accuracy.mean() >= 0.75 else
+                 "partly reproduced: the small model separates the classes but weakly"
+                 if at_k.auc.mean() >= 0.7 else "not reproduced on this model"),
+    ),
+]
+claims_table(claims)
+
+# %% [markdown]
+# **What this means for the rest of the book.** Later chapters use the foo/bar setting on the
+# tasks that the default model learns in context (listed above), with $k = 8$ demonstrations per
+# class. Where the paper uses sentence datasets (SST-2, AG News) on 7B models, this model is too
+# small: on sentences it is close to chance, so the book uses word-category tasks that it does
+# learn, and says so wherever a number is compared with the paper. Readers with a GPU can set
+# `MODEL = "meta-llama/Llama-2-7b-hf"` and `TASKS = ["sst2"]` in the parameters cell.
+
+# %%
+save_results(
+    "01_icl_with_unrelated_labels",
+    {
+        "model": MODEL, "k": k_max, "tasks_learned": learned, "best_model": best_model,
+        "foo_bar_accuracy": at_k.accuracy.mean(), "foo_bar_calibrated_accuracy": at_k.calibrated_accuracy.mean(),
+        "foo_bar_auc": at_k.auc.mean(), "runtime_s": time.time() - start,
+    },
+    claims,
+)
+print(f"chapter runtime: {time.time() - start:.0f} s")

@@ -1,0 +1,23 @@
+"""icl_utils: the thin library behind the ICL-heads book. Each function is short enough to read."""
+from .errors import LabelWordError, ModelNotAvailableError, PromptTooLongError, TaskFormatError
+from .evaluation import ICLScores, score_prompts
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelInfo, describe_model, load_model
+from .prompts import (
+    FOO_BAR,
+    PromptBatch,
+    PromptFormat,
+    build_prompts,
+    encode_prompts,
+    label_token_ids,
+    render_prompt,
+)
+from .tasks import Task, available_tasks, load_task
+from .tracing import Trace, ablate_heads, edit_attention, head_writes, run_with_trace
+
+__all__ = [
+    "DEFAULT_MODEL", "EMBEDDED_MODELS", "FOO_BAR", "ICLScores", "LabelWordError", "ModelInfo",
+    "ModelNotAvailableError", "PromptBatch", "PromptFormat", "PromptTooLongError", "Task",
+    "TaskFormatError", "Trace", "ablate_heads", "available_tasks", "build_prompts", "describe_model",
+    "edit_attention", "encode_prompts", "head_writes", "label_token_ids", "load_model", "load_task",
+    "render_prompt", "run_with_trace", "score_prompts",
+]

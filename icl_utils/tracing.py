@@ -1,0 +1,275 @@
+"""Record and intervene on a forward pass: residual stream, per-head outputs, attention, q/k/v.
+
+Two mechanisms, both standard extension points of PyTorch/transformers (no library source edits):
+
+* Forward (pre-)hooks on the decoder layers and on each attention output projection. The input of
+  the output projection is the concatenation of the heads' outputs, so head h is the slice
+  `[h * d_head, (h + 1) * d_head)`: reading or zeroing that slice reads or removes one head.
+* An attention function registered with transformers' `AttentionInterface` ("icl_utils_eager"):
+  plain eager attention that shows the queries and keys the model really uses (after rotary
+  embedding and q/k norms, with grouped-query key/value heads repeated to one per query head) and
+  the attention pattern to observers, which may also edit the pattern.
+
+Every context manager removes its hooks and observers on exit, also when an exception is raised.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+ATTENTION_NAME = "icl_utils_eager"
+_EDITORS: list = []  # callables (layer, weights, query, key) -> weights or None
+_RECORDERS: list = []  # callables (layer, query, key, value, weights) -> None
+
+
+def recording_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+    sliding_window=None, **kwargs,
+):
+    """Eager attention. query: (batch, heads, q_len, d_head); key/value: (batch, kv_heads, k_len, d_head)."""
+    n_rep = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(n_rep, dim=1)  # grouped-query: query head h reads kv head h // n_rep
+    value = value.repeat_interleave(n_rep, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    q_len, k_len = scores.shape[-2:]
+    lowest = torch.finfo(scores.dtype).min
+    causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+    scores = scores.masked_fill(~causal, lowest)
+    if attention_mask is not None:  # padding and sliding windows, as the model built them
+        mask = attention_mask[..., :k_len]
+        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
+    weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    layer = module.layer_idx
+    for edit in _EDITORS:
+        edited = edit(layer, weights, query, key)
+        if edited is not None:
+            weights = edited
+    for record in _RECORDERS:
+        record(layer, query, key, value, weights)
+    output = weights @ value
+    return output.transpose(1, 2).contiguous(), weights
+
+
+def use_recording_attention(model) -> None:
+    """Make `model` compute attention with `recording_attention` (numerically the eager path)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, recording_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, eager_mask)  # additive float masks
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = ATTENTION_NAME
+    model.config._attn_implementation = ATTENTION_NAME
+
+
+def _check_recording(info) -> None:
+    if info.model.config._attn_implementation != ATTENTION_NAME:
+        raise RuntimeError(
+            "This model does not use icl_utils' attention function; load it with "
+            "icl_utils.load_model(...) or call icl_utils.tracing.use_recording_attention(model)."
+        )
+
+
+@contextmanager
+def _registered(registry: list, fn):
+    registry.append(fn)
+    try:
+        yield
+    finally:
+        registry.remove(fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracing
+
+
+@dataclass
+class Trace:
+    """What one batched forward pass recorded, at `positions` (batch, n_pos) of each prompt.
+
+    resid[l]      (batch, n_pos, d_model)  residual stream entering layer l; resid[n_layers] leaves the last layer
+    head_out[l]   (batch, n_pos, n_heads, d_head)  each head's output, before the output projection
+    attn_out[l]   (batch, n_pos, d_model)  the attention output projection's output (bias included)
+    attn[l]       (batch, n_heads, n_pos, seq)  attention from the recorded positions to every position
+    q[l]          (batch, n_heads, n_pos, d_head)  queries at the recorded positions, as used (rotary applied)
+    k[l], v[l]    (batch, n_heads, seq, d_head)  keys and values at every position, one per query head
+    logits        (batch, n_pos, vocab)  next-token logits at the recorded positions
+    """
+
+    positions: torch.Tensor
+    resid: dict = field(default_factory=dict)
+    head_out: dict = field(default_factory=dict)
+    attn_out: dict = field(default_factory=dict)
+    attn: dict = field(default_factory=dict)
+    q: dict = field(default_factory=dict)
+    k: dict = field(default_factory=dict)
+    v: dict = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+
+def _gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x: (batch, seq, ...) -> (batch, n_pos, ...) at each row's own positions."""
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    return x[rows, positions.to(x.device)]
+
+
+def head_writes(info, trace: Trace, layer: int) -> torch.Tensor:
+    """Each head's output after its slice of the output projection: (batch, n_pos, n_heads, d_model).
+
+    Summed over heads (plus the projection's bias, if any) this is `trace.attn_out[layer]`.
+    """
+    w_o = info.out_proj_weight(layer).view(info.d_model, info.n_heads, info.d_head)
+    return torch.einsum("bphd,mhd->bphm", trace.head_out[layer], w_o)
+
+
+@torch.no_grad()
+def run_with_trace(
+    info,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    layers=None,
+    record=("resid", "head_out", "attn_out", "attn", "qkv", "logits"),
+) -> Trace:
+    """One forward pass of a right-padded batch, recording `record` at `positions` (batch, n_pos).
+
+    layers: which layers to record (default all). Queries/attention are kept only at `positions`;
+    keys and values at every position, since a score needs the query and all keys.
+    """
+    _check_recording(info)
+    device = info.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = torch.as_tensor(positions, device=device)
+    if positions.ndim == 1:
+        positions = positions[:, None]
+    layers = range(info.n_layers) if layers is None else list(layers)
+    trace = Trace(positions=positions.cpu())
+    rows = torch.arange(input_ids.shape[0], device=device)[:, None]
+
+    def record_resid(layer):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            trace.resid[layer] = _gather_positions(hidden, positions).cpu()
+        return hook
+
+    def record_last_resid(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        trace.resid[info.n_layers] = _gather_positions(hidden, positions).cpu()
+
+    def record_head_out(layer):
+        def hook(module, args):
+            x = _gather_positions(args[0], positions)
+            trace.head_out[layer] = x.view(*x.shape[:2], info.n_heads, info.d_head).cpu()
+        return hook
+
+    def record_attn_out(layer):
+        def hook(module, args, output):
+            trace.attn_out[layer] = _gather_positions(output, positions).cpu()
+        return hook
+
+    wanted = set(layers)
+
+    def record_attention(layer, query, key, value, weights):
+        if layer not in wanted:
+            return
+        if "attn" in record:
+            trace.attn[layer] = weights[rows, :, positions].permute(0, 2, 1, 3).cpu()
+        if "qkv" in record:
+            trace.q[layer] = query[rows, :, positions].permute(0, 2, 1, 3).cpu()
+            trace.k[layer], trace.v[layer] = key.cpu(), value.cpu()
+
+    with ExitStack() as stack:
+        for layer in layers:
+            if "resid" in record:
+                h = info.layers[layer].register_forward_pre_hook(record_resid(layer), with_kwargs=True)
+                stack.callback(h.remove)
+            if "head_out" in record:
+                h = info.out_projs[layer].register_forward_pre_hook(record_head_out(layer))
+                stack.callback(h.remove)
+            if "attn_out" in record:
+                h = info.out_projs[layer].register_forward_hook(record_attn_out(layer))
+                stack.callback(h.remove)
+        if "resid" in record:
+            h = info.layers[info.n_layers - 1].register_forward_hook(record_last_resid)
+            stack.callback(h.remove)
+        if "attn" in record or "qkv" in record:
+            stack.enter_context(_registered(_RECORDERS, record_attention))
+        out = info.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    if "logits" in record:
+        final = _gather_positions(out.last_hidden_state, positions)
+        trace.logits = info.logits_from_final_hidden(final).float().cpu()
+    return trace
+
+
+# ----------------------------------------------------------------------------------------------
+# Interventions
+
+
+def _per_layer(heads) -> dict:
+    by_layer: dict = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+    return by_layer
+
+
+@contextmanager
+def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | None = None):
+    """Replace chosen heads' outputs (before the output projection) with zeros or their means.
+
+    heads: iterable of (layer, head). positions: None for every position, or a LongTensor
+    (batch, n_pos) of per-prompt positions (it must match the batch you then run).
+    mode "mean" needs means[(layer, head)] = a (d_head,) tensor, e.g. the mean of trace.head_out.
+    """
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode must be 'zero' or 'mean', not {mode!r}")
+    if mode == "mean" and means is None:
+        raise ValueError("mode='mean' needs means={(layer, head): tensor of shape (d_head,)}")
+    by_layer = _per_layer(heads)
+    for layer, head_list in by_layer.items():
+        if not (0 <= layer < info.n_layers and all(0 <= h < info.n_heads for h in head_list)):
+            raise ValueError(
+                f"Head ({layer}, {head_list}) out of range: the model has {info.n_layers} layers "
+                f"x {info.n_heads} heads."
+            )
+
+    def make_hook(layer, head_list):
+        def hook(module, args):
+            x = args[0]
+            x = x.view(*x.shape[:-1], info.n_heads, info.d_head).clone()
+            for head in head_list:
+                value = 0.0 if mode == "zero" else means[(layer, head)].to(x.device, x.dtype)
+                if positions is None:
+                    x[:, :, head] = value
+                else:
+                    pos = torch.as_tensor(positions, device=x.device)
+                    pos = pos[:, None] if pos.ndim == 1 else pos
+                    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+                    x[rows, pos, head] = value
+            return (x.flatten(-2),) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, head_list in by_layer.items():
+            handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer, head_list))
+            stack.callback(handle.remove)
+        yield
+
+
+@contextmanager
+def edit_attention(info, edit_fn):
+    """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.
+
+    weights: (batch, heads, q_len, k_len) after softmax; return new weights or None to keep them.
+    Edit only the heads you mean to: e.g. `w = weights.clone(); w[:, h] = ...; return w`.
+    """
+    _check_recording(info)
+    with _registered(_EDITORS, edit_fn):
+        yield
