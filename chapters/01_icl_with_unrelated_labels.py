@@ -50,9 +50,9 @@
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # embedded: "gemma3-270m", "smollm2-135m"; on Colab try "gpt2-large", "meta-llama/Llama-2-7b-hf"
 COMPARE_MODELS = ["gemma3-270m", "smollm2-135m"]  # models compared at k = 8 to choose the book's default
-TASKS = ["animal_vehicle", "fruit_colour", "sentiment_words", "country_food"]
+TASKS = ["animal_vehicle", "sentiment_words", "fruit_colour", "topic_sentences"]  # any of iu.available_tasks(), a file, or "sst2"
 DEMOS_PER_CLASS = [0, 1, 2, 4, 8]
-N_PROMPTS = 48  # per task, condition and k
+N_PROMPTS = 32  # per task, condition and k (queries balanced over the two classes)
 SEED = 0
 BATCH_SIZE = 16
 

@@ -69,7 +69,7 @@ def split_task(task: Task, n_query_per_class: int, seed: int = 0) -> tuple:
     rng = random.Random(seed)
     queries, demos = {}, {}
     for cls in task.classes:
-        items = task.inputs_of(cls)
+        items = list(dict.fromkeys(task.inputs_of(cls)))  # a repeated input must not land in both pools
         rng.shuffle(items)
         if len(items) <= n_query_per_class:
             raise ValueError(f"Class '{cls}' has {len(items)} inputs; cannot hold out {n_query_per_class}.")

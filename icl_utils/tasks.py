@@ -74,7 +74,7 @@ def _read_file(path: Path, input_key: str, label_key: str) -> list:
         raise TaskFormatError(f"Task file {path} does not exist.")
     rows = []
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -87,7 +87,7 @@ def _read_file(path: Path, input_key: str, label_key: str) -> list:
                     ) from None
                 rows.append(_row(obj, input_key, label_key, f"{path}:{lineno}"))
     elif path.suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
             for lineno, obj in enumerate(reader, 2):
                 rows.append(_row(obj, input_key, label_key, f"{path}:{lineno}"))

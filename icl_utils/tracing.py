@@ -213,9 +213,15 @@ def run_with_trace(
 # Interventions
 
 
-def _per_layer(heads) -> dict:
+def _per_layer(info, heads) -> dict:
+    """{layer: [head, ...]} from (layer, head) pairs, refusing heads the model does not have."""
     by_layer: dict = {}
     for layer, head in heads:
+        if not (0 <= layer < info.n_layers and 0 <= head < info.n_heads):
+            raise ValueError(
+                f"Head ({layer}, {head}) out of range: the model has {info.n_layers} layers "
+                f"x {info.n_heads} heads."
+            )
         by_layer.setdefault(int(layer), []).append(int(head))
     return by_layer
 
@@ -232,13 +238,7 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
         raise ValueError(f"mode must be 'zero' or 'mean', not {mode!r}")
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs means={(layer, head): tensor of shape (d_head,)}")
-    by_layer = _per_layer(heads)
-    for layer, head_list in by_layer.items():
-        if not (0 <= layer < info.n_layers and all(0 <= h < info.n_heads for h in head_list)):
-            raise ValueError(
-                f"Head ({layer}, {head_list}) out of range: the model has {info.n_layers} layers "
-                f"x {info.n_heads} heads."
-            )
+    by_layer = _per_layer(info, heads)
 
     def make_hook(layer, head_list):
         def hook(module, args):
@@ -264,12 +264,25 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
 
 
 @contextmanager
-def edit_attention(info, edit_fn):
+def edit_attention(info, edit_fn, heads=None):
     """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.
 
     weights: (batch, heads, q_len, k_len) after softmax; return new weights or None to keep them.
-    Edit only the heads you mean to: e.g. `w = weights.clone(); w[:, h] = ...; return w`.
+    heads: optional iterable of (layer, head); then only those heads take the edit (the others keep
+    the model's own pattern) and edit_fn is called only for their layers.
     """
     _check_recording(info)
-    with _registered(_EDITORS, edit_fn):
+    chosen = None if heads is None else _per_layer(info, heads)
+
+    def edit(layer, weights, query, key):
+        if chosen is not None and layer not in chosen:
+            return None
+        edited = edit_fn(layer, weights, query, key)
+        if edited is None or chosen is None:
+            return edited
+        keep = torch.ones(weights.shape[1], dtype=torch.bool, device=weights.device)
+        keep[chosen[layer]] = False
+        return torch.where(keep[None, :, None, None], weights, edited)
+
+    with _registered(_EDITORS, edit):
         yield

@@ -1,0 +1,96 @@
+"""ICLScores on hand-made logits with known answers, and score_prompts against a plain forward."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from icl_utils import ICLScores, encode_prompts, label_token_ids, score_prompts
+
+CLASSES = ["animal", "vehicle"]
+WORDS = {"animal": "foo", "vehicle": "bar"}
+
+
+def _scores(logits, gold, classes=CLASSES):
+    return ICLScores(torch.tensor(logits, dtype=torch.float32), torch.tensor(gold), list(classes), dict(WORDS))
+
+
+@pytest.fixture
+def prior_offset():
+    """Class-1 prompts have logit(1) - logit(0) = -1, class-0 prompts -3: a constant prior of the
+    first label word hides perfectly separated classes."""
+    gold = [0, 1, 0, 1, 0, 1]
+    diffs = {0: -3.0, 1: -1.0}
+    logits = [[2.0 + 0.5 * i, 2.0 + 0.5 * i + diffs[g]] for i, g in enumerate(gold)]
+    return _scores(logits, gold)
+
+
+def test_raw_accuracy_with_prior(prior_offset):
+    assert prior_offset.predictions().tolist() == [0] * 6
+    assert prior_offset.accuracy() == pytest.approx(0.5)
+    assert prior_offset.per_class_accuracy() == {"animal": 1.0, "vehicle": 0.0}
+
+
+def test_batch_calibration_removes_the_prior(prior_offset):
+    assert prior_offset.accuracy("batch") == pytest.approx(1.0)
+    assert prior_offset.predictions("batch").tolist() == [0, 1, 0, 1, 0, 1]
+    assert prior_offset.per_class_accuracy("batch") == {"animal": 1.0, "vehicle": 1.0}
+
+
+def test_batch_calibration_values(prior_offset):
+    """log p_c(x) - log mean_x p_c(x), by hand."""
+    p = torch.softmax(prior_offset.label_logits, dim=-1)
+    expected = torch.log(p / p.mean(0, keepdim=True))
+    torch.testing.assert_close(prior_offset.log_probs("batch"), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prior_offset.log_probs(), torch.log(p), atol=1e-6, rtol=0)
+
+
+def test_auc_perfect_ranking(prior_offset):
+    assert prior_offset.auc() == pytest.approx(1.0)
+
+
+def test_auc_with_ties_and_inversions():
+    # differences logit1 - logit0: class 1 -> [1, 0], class 0 -> [0, -1]
+    # pairs (pos, neg): (1,0) >, (1,-1) >, (0,0) tie, (0,-1) >  -> (3 + 0.5) / 4
+    scores = _scores([[0, 1], [0, 0], [0, 0], [1, 0]], [1, 1, 0, 0])
+    assert scores.auc() == pytest.approx(0.875)
+    inverted = _scores([[1, 0], [0, 1]], [1, 0])
+    assert inverted.auc() == pytest.approx(0.0)
+
+
+def test_auc_undefined_cases():
+    assert math.isnan(_scores([[0, 1], [1, 0]], [1, 1]).auc())
+    three = ICLScores(torch.zeros(3, 3), torch.tensor([0, 1, 2]), ["a", "b", "c"], {})
+    with pytest.raises(ValueError, match="two classes"):
+        three.auc()
+
+
+def test_summary(prior_offset):
+    summary = prior_offset.summary()
+    assert summary["n"] == 6
+    assert summary["accuracy"] == pytest.approx(0.5)
+    assert summary["calibrated_accuracy"] == pytest.approx(1.0)
+    assert summary["prior_first_label"] == pytest.approx(1.0)
+    assert summary["auc"] == pytest.approx(1.0)
+
+
+def test_unknown_calibration_raises(prior_offset):
+    with pytest.raises(ValueError, match="'batch'"):
+        prior_offset.accuracy("contextual")
+
+
+def test_score_prompts_matches_plain_forward(bundle, prompts):
+    info = bundle.info
+    scores = score_prompts(info, prompts, batch_size=3, progress=False)
+    assert scores.label_logits.shape == (len(prompts), 2)
+    assert scores.classes == CLASSES
+    assert scores.label_words == WORDS
+    assert scores.gold.tolist() == [CLASSES.index(p.gold) for p in prompts]
+    ids = label_token_ids(info.tokenizer, ["foo", "bar"])
+    batch = encode_prompts(info, prompts)
+    with torch.no_grad():
+        logits = bundle.ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = logits[torch.arange(len(prompts)), batch.last_positions][:, ids]
+    torch.testing.assert_close(scores.label_logits, expected, atol=1e-4, rtol=0)
+    assert (expected[:, 0] - expected[:, 1]).abs().max() > 1e-3  # the two columns differ

@@ -1,0 +1,182 @@
+"""build_prompts / render_prompt / encode_prompts / label_token_ids on an in-process task."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from icl_utils import build_prompts, encode_prompts, label_token_ids
+from icl_utils.prompts import PromptFormat
+
+
+def _class_of(task, text):
+    return task.labels[task.inputs.index(text)]
+
+
+# seeds ----------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_prompts_different_seed_different(task):
+    a = build_prompts(task, 8, demos_per_class=2, seed=0)
+    b = build_prompts(task, 8, demos_per_class=2, seed=0)
+    c = build_prompts(task, 8, demos_per_class=2, seed=1)
+    assert [p.text for p in a] == [p.text for p in b]
+    assert [p.demos for p in a] == [p.demos for p in b]
+    assert [p.text for p in a] != [p.text for p in c]
+    assert {p.query for p in a} != {p.query for p in c}  # the query split depends on the seed too
+
+
+# queries, classes, balance ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_prompts", [8, 7, 2])
+def test_queries_balanced_and_never_among_demos(task, n_prompts):
+    prompts = build_prompts(task, n_prompts, demos_per_class=3, seed=5)
+    assert len(prompts) == n_prompts
+    counts = Counter(p.gold for p in prompts)
+    assert set(counts) == set(task.classes)
+    assert max(counts.values()) - min(counts.values()) <= 1
+    all_queries = {p.query for p in prompts}
+    all_demos = {x for p in prompts for x, _ in p.demos}
+    assert not all_queries & all_demos  # queries are held out from every prompt's demonstrations
+    for p in prompts:
+        assert p.query not in [x for x, _ in p.demos]
+        assert _class_of(task, p.query) == p.gold
+        assert all(_class_of(task, x) == c for x, c in p.demos)
+        assert Counter(c for _, c in p.demos) == {"animal": 3, "vehicle": 3}
+        assert len({x for x, _ in p.demos}) == len(p.demos)  # no demonstration twice
+
+
+def test_queries_cycle_through_distinct_inputs(task):
+    prompts = build_prompts(task, 8, demos_per_class=2, seed=0)
+    for cls in task.classes:
+        queries = [p.query for p in prompts if p.gold == cls]
+        assert len(set(queries)) == len(queries) == 4
+
+
+def test_demonstrations_are_shuffled(task):
+    prompts = build_prompts(task, 8, demos_per_class=2, seed=0)
+    orders = {tuple(c for _, c in p.demos) for p in prompts}
+    assert len(orders) > 1  # not always the same class order
+
+
+def test_imbalanced_counts_via_dict(task):
+    prompts = build_prompts(task, 6, demos_per_class={"animal": 3, "vehicle": 1}, seed=2)
+    for p in prompts:
+        assert Counter(c for _, c in p.demos) == {"animal": 3, "vehicle": 1}
+        assert p.query not in [x for x, _ in p.demos]
+
+
+def test_explicit_order(task):
+    order = ["vehicle", "animal", "animal", "vehicle", "animal"]
+    prompts = build_prompts(task, 4, order=order, demos_per_class=1, seed=0)
+    for p in prompts:
+        assert [c for _, c in p.demos] == order
+        assert all(_class_of(task, x) == c for x, c in p.demos)
+        assert p.query not in [x for x, _ in p.demos]
+
+
+def test_order_with_unknown_class_and_too_many_demos_raise(task):
+    with pytest.raises(ValueError, match="unknown classes"):
+        build_prompts(task, 2, order=["animal", "plant"])
+    with pytest.raises(ValueError, match="available"):
+        build_prompts(task, 2, demos_per_class=20)
+
+
+# text ----------------------------------------------------------------------------------------------
+
+
+def test_prompt_text_format_and_label_spans(task):
+    (p,) = build_prompts(task, 1, demos_per_class=1, seed=0)
+    words = {"animal": "foo", "vehicle": "bar"}  # foo/bar in task.classes order
+    assert p.label_words == words
+    expected = "".join(f"Input: {x}\nLabel: {words[c]}\n\n" for x, c in p.demos) + f"Input: {p.query}\nLabel:"
+    assert p.text == expected
+    assert len(p.label_spans) == len(p.demos)
+    for (s, e), (_, c) in zip(p.label_spans, p.demos):
+        assert p.text[s:e] == words[c]
+        assert p.text[s - 7 : s] == "Label: "
+
+
+def test_meaningful_and_custom_label_words(task):
+    (p,) = build_prompts(task, 1, demos_per_class=1, label_words="meaningful")
+    assert p.label_words == {"animal": "animal", "vehicle": "vehicle"}
+    (q,) = build_prompts(task, 1, demos_per_class=1, label_words=["baz", "x"])
+    assert q.label_words == {"animal": "baz", "vehicle": "x"}
+    with pytest.raises(ValueError):
+        build_prompts(task, 1, label_words=["foo"])
+
+
+def test_custom_format(task):
+    fmt = PromptFormat(input_prefix="Q: ", label_prefix="\nA:", separator="\n")
+    (p,) = build_prompts(task, 1, demos_per_class=1, fmt=fmt)
+    assert p.text.endswith(f"Q: {p.query}\nA:")
+    for (s, e), (_, c) in zip(p.label_spans, p.demos):
+        assert p.text[s:e] == p.label_words[c]
+
+
+# tokenisation ---------------------------------------------------------------------------------------
+
+
+def test_label_token_ids(tokenizer):
+    ids = label_token_ids(tokenizer, ["foo", "bar"])
+    assert ids == tokenizer.convert_tokens_to_ids(["foo", "bar"])
+    assert ids[0] != ids[1]
+
+
+def test_encode_prompts_label_and_last_positions(info, prompts):
+    tok = info.tokenizer
+    batch = encode_prompts(info, prompts)
+    word_id = dict(zip(["animal", "vehicle"], label_token_ids(tok, ["foo", "bar"])))
+    colon = tok.convert_tokens_to_ids(":")
+    n, seq = batch.input_ids.shape
+    assert n == len(prompts)
+    assert batch.label_position_tensor().shape == (n, 4)
+    for b, p in enumerate(prompts):
+        ids = tok(p.text)["input_ids"]
+        length = len(ids)
+        # label positions hold the label word's token, in demonstration order
+        assert batch.label_classes[b] == [c for _, c in p.demos]
+        got = batch.input_ids[b, batch.label_positions[b]].tolist()
+        assert got == [word_id[c] for c in batch.label_classes[b]]
+        assert batch.label_positions[b] == sorted(batch.label_positions[b])
+        # and no other position does
+        row = batch.input_ids[b, :length]
+        assert (row.eq(word_id["animal"]) | row.eq(word_id["vehicle"])).sum() == 4
+        # the last position is the last real token, the ':' of the query's "Label:"
+        last = batch.last_positions[b].item()
+        assert last == length - 1
+        assert batch.input_ids[b, last] == colon
+        # right padding
+        assert batch.attention_mask[b].tolist() == [1] * length + [0] * (seq - length)
+        assert batch.input_ids[b, :length].tolist() == ids
+        assert (batch.input_ids[b, length:] == tok.pad_token_id).all()
+    assert batch.gold == [p.gold for p in prompts]
+    assert batch.attention_mask.sum(1).min() < seq  # there was padding
+
+
+def test_encode_prompts_with_uneven_demo_counts_keeps_ragged_label_positions(info, task):
+    a = build_prompts(task, 1, demos_per_class=1, seed=0)
+    b = build_prompts(task, 1, demos_per_class=2, seed=0)
+    batch = encode_prompts(info, a + b)
+    assert [len(x) for x in batch.label_positions] == [2, 4]
+
+
+def test_zero_shot_prompts(info, task):
+    prompts = build_prompts(task, 4, demos_per_class=0, seed=0)
+    for p in prompts:
+        assert p.demos == [] and p.label_spans == []
+        assert p.text == f"Input: {p.query}\nLabel:"
+    batch = encode_prompts(info, prompts)
+    assert batch.label_positions == [[]] * 4
+    assert batch.last_positions.tolist() == (batch.attention_mask.sum(1) - 1).tolist()
+
+
+def test_queries_never_among_demos_even_with_duplicate_inputs(task):
+    from icl_utils.tasks import Task
+
+    doubled = Task("doubled", task.inputs * 2, task.labels * 2, task.classes)
+    for seed in range(3):
+        prompts = build_prompts(doubled, 8, demos_per_class=2, seed=seed)
+        for p in prompts:
+            assert p.query not in [x for x, _ in p.demos], f"seed {seed}: query {p.query!r} is also a demo"
