@@ -66,6 +66,12 @@ class ModelInfo:
     final_norm: nn.Module = field(repr=False)
     unembed: nn.Module = field(repr=False)
     max_positions: int | None = None
+    mlps: list = field(repr=False, default_factory=list)  # the feed-forward block of each layer
+    mlp_out_projs: list = field(repr=False, default_factory=list)  # its last linear: input = neuron activations
+    mlp_in_norms: list = field(repr=False, default_factory=list)  # the norm whose output the MLP reads
+    attn_out_norms: list = field(repr=False, default_factory=list)  # norm applied to the attention output, or None
+    mlp_out_norms: list = field(repr=False, default_factory=list)  # norm applied to the MLP output, or None
+    d_ff: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -318,6 +324,10 @@ def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     out_projs = [_find_out_proj(attn, n_heads * d_head, d_model) for attn in attentions]
     decoder = next(c for c in model.children() if any(m is layers for m in c.modules()))
+    wiring = probe_layer_wiring(model, layers[0], attentions[0])
+    child = lambda layer, name: None if name is None else getattr(layer, name)
+    mlps = [child(layer, wiring["mlp"]) for layer in layers]
+    mlp_out_projs = [_last_linear(mlp, d_model) for mlp in mlps]
     uses_rotary = any("rotary" in type(m).__name__.lower() for m in model.modules())
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; right padding never reaches real tokens
@@ -336,6 +346,12 @@ def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
         attentions=attentions,
         out_projs=out_projs,
         decoder=decoder,
+        mlps=mlps,
+        mlp_out_projs=mlp_out_projs,
+        mlp_in_norms=[child(layer, wiring["mlp_in_norm"]) for layer in layers],
+        attn_out_norms=[child(layer, wiring["attn_out_norm"]) for layer in layers],
+        mlp_out_norms=[child(layer, wiring["mlp_out_norm"]) for layer in layers],
+        d_ff=_in_out(mlp_out_projs[0])[0],
         final_norm=_find_final_norm(decoder),
         unembed=model.get_output_embeddings(),
         max_positions=getattr(config, "max_position_embeddings", None)
@@ -371,6 +387,69 @@ def _find_out_proj(attention: nn.Module, d_in: int, d_out: int) -> nn.Module:
     if found is None:
         raise ValueError(f"No output projection ({d_in} -> {d_out}) in {type(attention).__name__}")
     return found
+
+
+def _in_out(module: nn.Module) -> tuple:
+    """(in_features, out_features) of nn.Linear or GPT-2's Conv1D (whose weight is stored (in, out))."""
+    weight = module.weight
+    return (weight.shape[1], weight.shape[0]) if isinstance(module, nn.Linear) else tuple(weight.shape)
+
+
+def _last_linear(module: nn.Module, d_out: int) -> nn.Module:
+    found = [c for c in module.children() if getattr(c, "weight", None) is not None and c.weight.ndim == 2
+             and _in_out(c)[1] == d_out]
+    if not found:
+        raise ValueError(f"No projection to d_model={d_out} in {type(module).__name__}")
+    return found[-1]
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
+
+
+@torch.no_grad()
+def probe_layer_wiring(model: nn.Module, layer: nn.Module, attention: nn.Module) -> dict:
+    """Watch one small forward pass to learn how a decoder layer connects its parts.
+
+    Names differ across families (Llama's `post_attention_layernorm` feeds the MLP; Gemma's is
+    applied to the attention output), so we look at the data instead: which norm reads the
+    attention output, which norm's output the MLP reads, which norm reads the MLP output.
+    Returns attribute names on the layer (None where there is no such norm).
+    """
+    named = dict(layer.named_children())
+    norms = {name: m for name, m in named.items() if _is_norm(m)}
+    mlp_name = next((n for n, m in named.items() if type(m).__name__.upper().endswith("MLP")), None)
+    if mlp_name is None:
+        raise ValueError(f"No MLP module found in {type(layer).__name__}")
+    seen, handles = {}, []
+
+    def save(name):
+        def hook(module, args, output):
+            seen[name] = (args[0] if args else None, output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    for name, module in [*norms.items(), ("<attention>", attention), ("<mlp>", named[mlp_name])]:
+        handles.append(module.register_forward_hook(save(name)))
+    try:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        model(input_ids=torch.arange(5, device=next(model.parameters()).device)[None] % vocab, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def norm_reading(tensor):
+        return next((n for n in norms if n in seen and seen[n][0] is not None and seen[n][0].shape == tensor.shape
+                     and torch.equal(seen[n][0], tensor)), None)
+
+    mlp_in, mlp_out = seen["<mlp>"]
+    mlp_in_norm = next((n for n in norms if n in seen and seen[n][1].shape == mlp_in.shape
+                        and torch.equal(seen[n][1], mlp_in)), None)
+    return {
+        "mlp": mlp_name,
+        "mlp_in_norm": mlp_in_norm,
+        "attn_out_norm": norm_reading(seen["<attention>"][1]),
+        "mlp_out_norm": norm_reading(mlp_out),
+    }
 
 
 def _find_final_norm(decoder: nn.Module) -> nn.Module:

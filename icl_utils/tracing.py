@@ -101,6 +101,9 @@ class Trace:
     attn[l]       (batch, n_heads, n_pos, seq)  attention from the recorded positions to every position
     q[l]          (batch, n_heads, n_pos, d_head)  queries at the recorded positions, as used (rotary applied)
     k[l], v[l]    (batch, n_heads, seq, d_head)  keys and values at every position, one per query head
+    mlp_in[l]     (batch, n_pos, d_model)  the residual stream the MLP of layer l reads (before its norm)
+    mlp_act[l]    (batch, n_pos, d_ff)  neuron activations: the input of the MLP's output projection
+    mlp_out[l]    (batch, n_pos, d_model)  the MLP's output (before a post-MLP norm, if the model has one)
     logits        (batch, n_pos, vocab)  next-token logits at the recorded positions
     """
 
@@ -112,6 +115,9 @@ class Trace:
     q: dict = field(default_factory=dict)
     k: dict = field(default_factory=dict)
     v: dict = field(default_factory=dict)
+    mlp_in: dict = field(default_factory=dict)
+    mlp_act: dict = field(default_factory=dict)
+    mlp_out: dict = field(default_factory=dict)
     logits: torch.Tensor | None = None
 
 
@@ -170,9 +176,15 @@ def run_with_trace(
             trace.head_out[layer] = x.view(*x.shape[:2], info.n_heads, info.d_head).cpu()
         return hook
 
-    def record_attn_out(layer):
+    def record_input(store, layer):
+        def hook(module, args):
+            store[layer] = _gather_positions(args[0], positions).cpu()
+        return hook
+
+    def record_output(store, layer):
         def hook(module, args, output):
-            trace.attn_out[layer] = _gather_positions(output, positions).cpu()
+            output = output[0] if isinstance(output, tuple) else output
+            store[layer] = _gather_positions(output, positions).cpu()
         return hook
 
     wanted = set(layers)
@@ -194,9 +206,17 @@ def run_with_trace(
             if "head_out" in record:
                 h = info.out_projs[layer].register_forward_pre_hook(record_head_out(layer))
                 stack.callback(h.remove)
-            if "attn_out" in record:
-                h = info.out_projs[layer].register_forward_hook(record_attn_out(layer))
-                stack.callback(h.remove)
+            hooks = [
+                ("attn_out", info.out_projs[layer], "output", trace.attn_out),
+                ("mlp_in", info.mlp_in_norms[layer], "input", trace.mlp_in),
+                ("mlp_act", info.mlp_out_projs[layer], "input", trace.mlp_act),
+                ("mlp_out", info.mlps[layer], "output", trace.mlp_out),
+            ]
+            for name, module, side, store in hooks:
+                if name in record:
+                    h = (module.register_forward_pre_hook(record_input(store, layer)) if side == "input"
+                         else module.register_forward_hook(record_output(store, layer)))
+                    stack.callback(h.remove)
         if "resid" in record:
             h = info.layers[info.n_layers - 1].register_forward_hook(record_last_resid)
             stack.callback(h.remove)

@@ -1,0 +1,91 @@
+"""Layer wiring found from data flow, and the log-probability-increase attribution, on tiny models."""
+import pytest
+import torch
+
+from icl_utils import attribution as A
+from icl_utils.tracing import run_with_trace
+
+ALL = ("resid", "head_out", "attn_out", "attn", "qkv", "logits", "mlp_in", "mlp_act", "mlp_out")
+EXPECTED_WIRING = {  # attribute names on each family's decoder layer
+    "gpt2": {"mlp_in_norm": "ln_2", "attn_out_norm": None, "mlp_out_norm": None},
+    "llama": {"mlp_in_norm": "post_attention_layernorm", "attn_out_norm": None, "mlp_out_norm": None},
+    "gemma3": {"mlp_in_norm": "pre_feedforward_layernorm", "attn_out_norm": "post_attention_layernorm",
+               "mlp_out_norm": "post_feedforward_layernorm"},
+}
+
+
+def _name(layer, module):
+    return next((n for n, m in layer.named_children() if m is module), None) if module is not None else None
+
+
+def test_wiring_probe_finds_each_familys_norms(bundle):
+    info = bundle.info
+    for role, expected in EXPECTED_WIRING[bundle.arch].items():
+        found = [_name(layer, getattr(info, role + "s")[i]) for i, layer in enumerate(info.layers)]
+        assert found == [expected] * info.n_layers, role
+
+
+@pytest.fixture
+def trace(info, batch):
+    return run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=ALL)
+
+
+def test_components_add_up_to_the_residual_stream(info, trace):
+    for layer in range(info.n_layers):
+        attn = A.attention_block_output(info, trace, layer)
+        bias = info.out_projs[layer].bias
+        heads = A.head_contributions(info, trace, layer).sum(2)
+        if bias is not None:
+            norm = info.attn_out_norms[layer]
+            bias = bias.detach() if norm is None else A.frozen_norm(norm, trace.attn_out[layer])(bias.detach().expand_as(attn))
+            heads = heads + bias
+        torch.testing.assert_close(heads, attn, atol=1e-4, rtol=1e-4)
+        mlp = A.mlp_block_output(info, trace, layer)
+        proj_bias = info.mlp_out_projs[layer].bias
+        neurons = A.neuron_contributions(info, trace, layer).sum(2)
+        if proj_bias is None:
+            torch.testing.assert_close(neurons, mlp, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(trace.resid[layer] + attn + mlp, trace.resid[layer + 1], atol=1e-4, rtol=1e-4)
+
+
+def test_frozen_norm_is_exact_at_its_point_and_additive(info, trace):
+    norm, at = info.final_norm, trace.resid[info.n_layers]
+    frozen = A.frozen_norm(norm, at)
+    torch.testing.assert_close(frozen(at) + A.norm_bias(norm), norm(at).float(), atol=1e-5, rtol=1e-5)
+    a, b = torch.randn_like(at), torch.randn_like(at)
+    torch.testing.assert_close(frozen(a) + frozen(b), frozen(a + b), atol=1e-5, rtol=1e-5)
+
+
+def test_log_prob_increase_matches_a_hand_computation(info, trace):
+    final = trace.resid[info.n_layers][:, 0]
+    base = trace.resid[1][:, 0]
+    vectors = torch.randn(final.shape[0], 3, info.d_model)
+    targets = torch.tensor([1] * final.shape[0])
+    got = A.log_prob_increase(info, base, vectors, final, targets, chunk=2)
+
+    def logp(x):  # ln_f with its scale frozen at `final`, written out
+        frozen = A.frozen_norm(info.final_norm, final[:, None])
+        logits = info.logits_from_final_hidden(frozen(x) + A.norm_bias(info.final_norm))  # applies any softcap
+        return torch.log_softmax(logits, -1)[..., 1]
+
+    expected = logp(base[:, None] + vectors) - logp(base[:, None])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_whole_residual_from_zero_gives_the_models_own_log_prob(info, trace):
+    final = trace.resid[info.n_layers][:, 0]
+    targets = trace.logits[:, 0].argmax(-1)
+    got = A.log_prob_increase(info, torch.zeros_like(final), final[:, None], final, targets)[:, 0]
+    true = torch.log_softmax(trace.logits[:, 0], -1)[torch.arange(len(targets)), targets]
+    # p(. | 0) = softmax(E_u bias): uniform for RMS norms (no bias), not for GPT-2's LayerNorm
+    zero = info.logits_from_final_hidden(torch.zeros(info.d_model) + A.norm_bias(info.final_norm))
+    uniform = torch.log_softmax(zero.float(), -1)[targets]
+    torch.testing.assert_close(got, true - uniform, atol=1e-4, rtol=1e-4)
+
+
+def test_head_importance_ranks_a_head_that_writes_the_target(info, trace, batch):
+    imp = A.head_importance(info, trace, trace.logits[:, 0].argmax(-1))
+    assert imp.shape == (batch.input_ids.shape[0], info.n_layers, info.n_heads)
+    assert torch.isfinite(imp).all() and imp.abs().sum() > 0
+    layers = A.layer_importance(info, trace, trace.logits[:, 0].argmax(-1))
+    assert layers["attention"].shape == layers["mlp"].shape == (batch.input_ids.shape[0], info.n_layers)
