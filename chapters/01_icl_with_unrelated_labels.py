@@ -16,7 +16,7 @@
 #
 # **Question.** Does a small language model learn a classification task *from the demonstrations
 # in its prompt* when the label words mean nothing — `foo` and `bar` instead of `animal` and
-# `vehicle`? Yu & Ananiadou {cite}`yu2024incontext` study exactly this setting: with unrelated
+# `vehicle`? {cite:t}`yu2024twotowers` study exactly this setting: with unrelated
 # labels, the model cannot fall back on what the label words mean, so whatever it gets right it has
 # read off the demonstrations. Every later chapter dissects this behaviour, so first we measure it.
 #
@@ -62,6 +62,7 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.reporting import Claim, claims_table, save_results
@@ -98,8 +99,6 @@ def evaluate(info, task_name, label_words, k):
 
 
 rows = []
-from tqdm.auto import tqdm
-
 grid = [(t, lw, k) for t in TASKS for lw in ("foo/bar", "meaningful") for k in DEMOS_PER_CLASS]
 for task_name, label_words, k in tqdm(grid, desc=f"{MODEL}: tasks x labels x k"):
     rows.append(evaluate(info, task_name, label_words, k))
@@ -159,43 +158,59 @@ chance_tasks = at_k[at_k.calibrated_accuracy < 0.6].index.tolist()
 meaningful = results[(results.labels == "meaningful") & (results.k == k_max)].set_index("task")
 gain_from_meaning = (meaningful.calibrated_accuracy - at_k.calibrated_accuracy).mean()
 prior = at_k.prior_first_label.mean()
+noise = (0.25 / N_PROMPTS) ** 0.5  # standard error of an accuracy near 0.5 over N_PROMPTS prompts
+main_task = at_k.auc.idxmax()
 
 print(f"With foo/bar labels and k={k_max}, {MODEL}: mean raw accuracy {at_k.accuracy.mean():.2f}, "
       f"calibrated {at_k.calibrated_accuracy.mean():.2f}, AUC {at_k.auc.mean():.2f} "
-      f"(zero-shot calibrated: {zero.calibrated_accuracy.mean():.2f}).")
-print(f"It predicts '{iu.FOO_BAR[0]}' on {prior:.0%} of prompts before calibration (balanced queries: 50% would be no prior).")
+      f"(zero-shot calibrated: {zero.calibrated_accuracy.mean():.2f}; with no demonstrations foo/bar carry "
+      f"no information, so this should be 0.5 up to noise).")
+print(f"Sampling noise: one accuracy over {N_PROMPTS} prompts has a standard error of about {noise:.2f}.")
+print(f"It predicts '{iu.FOO_BAR[0]}' on {prior:.0%} of foo/bar prompts before calibration "
+      f"(the queries are balanced, so 50% would mean no label prior).")
 print(f"Tasks learned in context (calibrated accuracy >= 0.75): {learned or 'none'}; near chance (< 0.6): {chance_tasks or 'none'}.")
 print(f"Meaningful labels add {gain_from_meaning:+.2f} calibrated accuracy on average at k={k_max}.")
 print(f"Best-separating embedded model (mean AUC at k={k_max}, foo/bar): {best_model}.")
+print(f"Task the later chapters start from (highest AUC with foo/bar at k={k_max}): {main_task}.")
 
 # %%
+mean_cal, mean_auc = at_k.calibrated_accuracy.mean(), at_k.auc.mean()
 claims = [
     Claim(
         claim="LLMs classify in context with semantically unrelated labels (foo/bar)",
         paper="Llama-7B, 5 sentence datasets: 87.6% accuracy (Yu & Ananiadou 2024)",
-        book=f"{MODEL}, {len(TASKS)} word tasks, k={k_max}: raw {at_k.accuracy.mean():.1%}, "
-             f"calibrated {at_k.calibrated_accuracy.mean():.1%}, AUC {at_k.auc.mean():.2f}",
-        verdict=("reproduced after calibration (small model, easier word tasks)"
-                 if at_k.calibrated_accuracy.mean() >= 0.75 else
-                 "partly reproduced: the small model separates the classes but weakly"
-                 if at_k.auc.mean() >= 0.7 else "not reproduced on this model"),
+        book=f"{MODEL}, tasks {', '.join(TASKS)}, k={k_max}: raw {at_k.accuracy.mean():.1%}, "
+             f"calibrated {mean_cal:.1%}, AUC {mean_auc:.2f}",
+        verdict=("reproduced after calibration; raw accuracy is held down by a label prior"
+                 if mean_cal >= 0.75 and at_k.accuracy.mean() < 0.75 else
+                 "reproduced" if mean_cal >= 0.75 else
+                 "partly reproduced: the model separates the classes but weakly" if mean_auc >= 0.7 else
+                 "not reproduced on this model"),
+    ),
+    Claim(
+        claim="Accuracy with unrelated labels comes from the demonstrations (it needs k > 0)",
+        paper="implicit in the setting: foo/bar carry no meaning",
+        book=f"calibrated accuracy {zero.calibrated_accuracy.mean():.1%} at k=0 vs {mean_cal:.1%} at k={k_max}",
+        verdict="reproduced" if mean_cal - zero.calibrated_accuracy.mean() > 2 * noise else "not reproduced",
     ),
 ]
 claims_table(claims)
 
 # %% [markdown]
-# **What this means for the rest of the book.** Later chapters use the foo/bar setting on the
-# tasks that the default model learns in context (listed above), with $k = 8$ demonstrations per
-# class. Where the paper uses sentence datasets (SST-2, AG News) on 7B models, this model is too
-# small: on sentences it is close to chance, so the book uses word-category tasks that it does
-# learn, and says so wherever a number is compared with the paper. Readers with a GPU can set
+# **What this means for the rest of the book.** The small model does learn foo/bar tasks from
+# its demonstrations, but only a calibrated reading shows it: its raw answer is dominated by a
+# prior for one label word. Later chapters therefore measure effects on the *logit difference*
+# between the label words and on calibrated accuracy, not on raw accuracy alone, and start from
+# the task printed above with $k = 8$ demonstrations per class. The paper's numbers come from
+# 7B-parameter models on sentence datasets; this model is 25 times smaller, so each comparison
+# with the paper says which setting it used. Readers with a GPU can set
 # `MODEL = "meta-llama/Llama-2-7b-hf"` and `TASKS = ["sst2"]` in the parameters cell.
 
 # %%
 save_results(
     "01_icl_with_unrelated_labels",
     {
-        "model": MODEL, "k": k_max, "tasks_learned": learned, "best_model": best_model,
+        "model": MODEL, "k": k_max, "tasks_learned": learned, "best_model": best_model, "main_task": main_task,
         "foo_bar_accuracy": at_k.accuracy.mean(), "foo_bar_calibrated_accuracy": at_k.calibrated_accuracy.mean(),
         "foo_bar_auc": at_k.auc.mean(), "runtime_s": time.time() - start,
     },

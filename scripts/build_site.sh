@@ -59,6 +59,9 @@ if missing:
 EOF
 
 start=$(date +%s)
+# Always from scratch (a few seconds): an incremental build after a failed one reports success
+# without re-reading the pages that warned.
+rm -rf "$ROOT/book/_build"
 # jupyter_book has no __main__; call its click entry point with the interpreter chosen above.
 "$PYTHON" -c 'from jupyter_book.cli.main import main; main(prog_name="jupyter-book")' \
   build book --config "$ROOT/_config.yml" --toc "$ROOT/_toc.yml" --path-output book \
