@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .tracing import Trace, head_writes
+from .tracing import Trace, head_writes, run_with_trace
 
 
 def frozen_norm(norm: nn.Module, at: torch.Tensor):
@@ -135,3 +135,39 @@ def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 
         attn.append(log_prob_increase(info, base, a[:, None], final, targets)[:, 0])
         mlp.append(log_prob_increase(info, base + a, m[:, None], final, targets)[:, 0])
     return {"attention": torch.stack(attn, 1), "mlp": torch.stack(mlp, 1)}
+
+
+@torch.no_grad()
+def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
+    """Score every head on every prompt at its last position, in batches (one traced pass each).
+
+    Returns tensors of shape (n_prompts, n_layers, n_heads):
+      "importance": log-probability increase of the gold label word (the paper's S(l, h));
+      "importance_foo" / "importance_bar" style keys, one per label word: increase of that word;
+      "label_attention": attention mass the head puts on the demonstrations' label positions;
+    and "gold" (n_prompts,) the gold class index.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluation import batches
+    from .prompts import encode_prompts, label_token_ids
+
+    classes = list(prompts[0].label_words)
+    words = [prompts[0].label_words[c] for c in classes]
+    word_ids = torch.tensor(label_token_ids(info.tokenizer, words))
+    out = {f"importance_{w}": [] for w in words} | {"importance": [], "label_attention": [], "gold": []}
+    for chunk in tqdm(list(batches(prompts, batch_size)), desc="scoring heads", disable=not progress, leave=False):
+        batch = encode_prompts(info, chunk)
+        trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+                               record=("resid", "head_out", "attn_out", "attn"))
+        gold = torch.tensor([classes.index(g) for g in batch.gold])
+        per_word = [head_importance(info, trace, word_ids[i].expand(len(chunk))) for i in range(len(words))]
+        for i, w in enumerate(words):
+            out[f"importance_{w}"].append(per_word[i])
+        out["importance"].append(torch.stack(per_word, 0)[gold, torch.arange(len(chunk))])
+        label_pos = torch.tensor(batch.label_positions)  # (batch, n_demos)
+        mass = [trace.attn[l][:, :, 0].gather(-1, label_pos[:, None].expand(-1, info.n_heads, -1)).sum(-1)
+                for l in range(info.n_layers)]
+        out["label_attention"].append(torch.stack(mass, 1))
+        out["gold"].append(gold)
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -25,24 +25,38 @@ class ICLScores:
     classes: list
     label_words: dict
 
-    def log_probs(self, calibration: str | None = None) -> torch.Tensor:
-        """Log-probabilities over the label words only; calibration None or "batch"."""
+    def label_prior(self) -> torch.Tensor:
+        """Log of the mean label probabilities over these prompts: what batch calibration removes."""
+        logp = torch.log_softmax(self.label_logits.float(), dim=-1)
+        return torch.logsumexp(logp, dim=0) - np.log(len(logp))
+
+    def log_probs(self, calibration: str | None = None, reference: "ICLScores | None" = None) -> torch.Tensor:
+        """Log-probabilities over the label words only; calibration None or "batch".
+
+        reference: estimate the prior on other scores (e.g. the unablated model on the same
+        prompts), so an intervention's shift towards one label is not calibrated away.
+        """
         logp = torch.log_softmax(self.label_logits.float(), dim=-1)
         if calibration == "batch":
-            logp = logp - torch.logsumexp(logp, dim=0, keepdim=True) + np.log(len(logp))
+            logp = logp - (reference or self).label_prior()
         elif calibration is not None:
             raise ValueError(f"calibration must be None or 'batch', not {calibration!r}")
         return logp
 
-    def predictions(self, calibration: str | None = None) -> torch.Tensor:
-        return self.log_probs(calibration).argmax(dim=-1)
+    def predictions(self, calibration: str | None = None, reference=None) -> torch.Tensor:
+        return self.log_probs(calibration, reference).argmax(dim=-1)
 
-    def accuracy(self, calibration: str | None = None) -> float:
-        return (self.predictions(calibration) == self.gold).float().mean().item()
+    def accuracy(self, calibration: str | None = None, reference=None) -> float:
+        return (self.predictions(calibration, reference) == self.gold).float().mean().item()
 
-    def per_class_accuracy(self, calibration: str | None = None) -> dict:
-        pred = self.predictions(calibration)
+    def per_class_accuracy(self, calibration: str | None = None, reference=None) -> dict:
+        pred = self.predictions(calibration, reference)
         return {c: (pred[self.gold == i] == i).float().mean().item() for i, c in enumerate(self.classes)}
+
+    def gold_logit_margin(self) -> float:
+        """Mean over prompts of logit(gold label) - logit(other label) (two classes)."""
+        rows = torch.arange(len(self.gold))
+        return (self.label_logits[rows, self.gold] - self.label_logits[rows, 1 - self.gold]).mean().item()
 
     def auc(self) -> float:
         """Two classes: probability that a random class-1 prompt has a larger logit(class 1) -

@@ -89,3 +89,19 @@ def test_head_importance_ranks_a_head_that_writes_the_target(info, trace, batch)
     assert torch.isfinite(imp).all() and imp.abs().sum() > 0
     layers = A.layer_importance(info, trace, trace.logits[:, 0].argmax(-1))
     assert layers["attention"].shape == layers["mlp"].shape == (batch.input_ids.shape[0], info.n_layers)
+
+
+def test_head_scores_over_prompts_match_head_importance_for_the_gold_word(info, prompts):
+    from icl_utils import encode_prompts, label_token_ids
+    from icl_utils.attribution import head_scores_over_prompts
+
+    scores = head_scores_over_prompts(info, prompts, batch_size=3, progress=False)
+    n = len(prompts)
+    assert scores["importance"].shape == scores["label_attention"].shape == (n, info.n_layers, info.n_heads)
+    batch = encode_prompts(info, prompts)
+    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=ALL)
+    classes = list(prompts[0].label_words)
+    ids = torch.tensor(label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes]))
+    gold = torch.tensor([classes.index(g) for g in batch.gold])
+    torch.testing.assert_close(scores["importance"], A.head_importance(info, trace, ids[gold]), atol=1e-4, rtol=1e-4)
+    assert ((scores["label_attention"] >= 0) & (scores["label_attention"] <= 1 + 1e-5)).all()

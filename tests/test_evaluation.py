@@ -94,3 +94,15 @@ def test_score_prompts_matches_plain_forward(bundle, prompts):
     expected = logits[torch.arange(len(prompts)), batch.last_positions][:, ids]
     torch.testing.assert_close(scores.label_logits, expected, atol=1e-4, rtol=0)
     assert (expected[:, 0] - expected[:, 1]).abs().max() > 1e-3  # the two columns differ
+
+
+def test_calibration_with_a_reference_keeps_an_interventions_shift():
+    from icl_utils.evaluation import ICLScores
+
+    gold = torch.tensor([0, 1, 0, 1])
+    clean = ICLScores(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), gold, ["a", "b"], {})
+    shifted = ICLScores(clean.label_logits + torch.tensor([0.0, 3.0]), gold, ["a", "b"], {})
+    assert shifted.accuracy("batch") == 1.0  # re-estimating the prior hides the shift
+    assert shifted.accuracy("batch", reference=clean) == 0.5  # the clean prior keeps it
+    assert shifted.per_class_accuracy("batch", reference=clean) == {"a": 0.0, "b": 1.0}
+    assert clean.gold_logit_margin() == 1.0 and shifted.gold_logit_margin() == 1.0
