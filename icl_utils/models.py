@@ -379,10 +379,7 @@ def _find_out_proj(attention: nn.Module, d_in: int, d_out: int) -> nn.Module:
     found = None
     for child in attention.children():
         weight = getattr(child, "weight", None)
-        if weight is None or weight.ndim != 2:
-            continue
-        in_out = (weight.shape[1], weight.shape[0]) if isinstance(child, nn.Linear) else tuple(weight.shape)
-        if in_out == (d_in, d_out):
+        if weight is not None and weight.ndim == 2 and _in_out(child) == (d_in, d_out):
             found = child
     if found is None:
         raise ValueError(f"No output projection ({d_in} -> {d_out}) in {type(attention).__name__}")
