@@ -69,8 +69,7 @@ def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor |
 
     neurons: indices to compute (all d_ff by default; chunk them, the full tensor is large).
     """
-    proj = info.mlp_out_projs[layer]
-    w_out = proj.weight if isinstance(proj, nn.Linear) else proj.weight.T  # (d_model, d_ff)
+    w_out = info.mlp_out_weight(layer)  # (d_model, d_ff)
     act = trace.mlp_act[layer]
     if neurons is not None:
         w_out, act = w_out[:, neurons], act[..., neurons]

@@ -87,6 +87,11 @@ class ModelInfo:
         weight = proj.weight
         return weight if isinstance(proj, nn.Linear) else weight.T
 
+    def mlp_out_weight(self, layer: int) -> torch.Tensor:
+        """The MLP's output projection as a (d_model, d_ff) matrix: column k is neuron k's fc2_k."""
+        proj = self.mlp_out_projs[layer]
+        return proj.weight if isinstance(proj, nn.Linear) else proj.weight.T
+
     def head_out_weight(self, layer: int, head: int) -> torch.Tensor:
         """W_O^h: the (d_model, d_head) slice of the output projection that reads head `head`."""
         return self.out_proj_weight(layer)[:, head * self.d_head : (head + 1) * self.d_head]
