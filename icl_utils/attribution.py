@@ -85,8 +85,11 @@ def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: to
 
     base: (batch, d) residual h before the components; vectors: (batch, n, d) the components;
     final: (batch, d) the real residual at the end of the model (where ln_f's scale is frozen);
-    targets: (batch,) token ids. Returns (batch, n).
+    targets: (batch,) token ids, or (batch, t) to score t words from the same softmax.
+    Returns (batch, n), or (batch, n, t).
     """
+    one_target = targets.dim() == 1
+    targets = targets[:, None] if one_target else targets
     ln_f = frozen_norm(info.final_norm, final[:, None].float())
     w_u = info.unembed.weight.detach().float()  # (vocab, d)
     bias_u = getattr(info.unembed, "bias", None)
@@ -95,20 +98,22 @@ def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: to
         z_h = z_h + bias_u.detach()
     softcap = getattr(info.model.config, "final_logit_softcapping", None)
     cap = (lambda z: torch.tanh(z / softcap) * softcap) if softcap else (lambda z: z)  # noqa: E731
-    rows = torch.arange(len(targets))
-    logp_h = torch.log_softmax(cap(z_h[:, 0]), dim=-1)[rows, targets]
+    logp_h = torch.log_softmax(cap(z_h), dim=-1).gather(-1, targets[:, None])  # (batch, 1, t)
     out = []
     for start in range(0, vectors.shape[1], chunk):
-        dz = ln_f(vectors[:, start : start + chunk].float()) @ w_u.T  # (batch, c, vocab)
-        logp = torch.log_softmax(cap(z_h + dz), dim=-1)
-        out.append(logp[rows, :, targets] - logp_h[:, None])
-    return torch.cat(out, dim=1)
+        z = cap(z_h + ln_f(vectors[:, start : start + chunk].float()) @ w_u.T)  # (batch, c, vocab)
+        # log p(w) = z_w - logsumexp(z), without materialising a second vocab-sized tensor
+        logp = z.gather(-1, targets[:, None].expand(-1, z.shape[1], -1)) - torch.logsumexp(z, -1, keepdim=True)
+        out.append(logp - logp_h)
+    out = torch.cat(out, dim=1)
+    return out[..., 0] if one_target else out
 
 
 def head_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
     """S(l, h) = log p(y | o^{l,h} + x^{l-1}) - log p(y | x^{l-1}) for every head: (batch, n_layers, n_heads).
 
     Computed at recorded position `position` (index into trace.positions, default the first).
+    targets: (batch,) token ids, or (batch, t) for several words at once -> (batch, n_layers, n_heads, t).
     """
     final = trace.resid[info.n_layers][:, position]
     scores = []
@@ -160,10 +165,10 @@ def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress:
         trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
                                record=("resid", "head_out", "attn_out", "attn"))
         gold = torch.tensor([classes.index(g) for g in batch.gold])
-        per_word = [head_importance(info, trace, word_ids[i].expand(len(chunk))) for i in range(len(words))]
+        per_word = head_importance(info, trace, word_ids.expand(len(chunk), -1))  # (batch, L, H, words)
         for i, w in enumerate(words):
-            out[f"importance_{w}"].append(per_word[i])
-        out["importance"].append(torch.stack(per_word, 0)[gold, torch.arange(len(chunk))])
+            out[f"importance_{w}"].append(per_word[..., i])
+        out["importance"].append(per_word[torch.arange(len(chunk)), ..., gold])
         label_pos = torch.tensor(batch.label_positions)  # (batch, n_demos)
         mass = [trace.attn[l][:, :, 0].gather(-1, label_pos[:, None].expand(-1, info.n_heads, -1)).sum(-1)
                 for l in range(info.n_layers)]

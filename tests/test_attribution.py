@@ -72,6 +72,17 @@ def test_log_prob_increase_matches_a_hand_computation(info, trace):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_several_targets_at_once_equal_one_at_a_time(info, trace):
+    final, base = trace.resid[info.n_layers][:, 0], trace.resid[2][:, 0]
+    vectors = torch.randn(final.shape[0], 5, info.d_model)
+    targets = torch.tensor([[3, 7, 1]] * final.shape[0])
+    together = A.log_prob_increase(info, base, vectors, final, targets, chunk=2)
+    assert together.shape == (final.shape[0], 5, 3)
+    for i in range(3):
+        alone = A.log_prob_increase(info, base, vectors, final, targets[:, i])
+        torch.testing.assert_close(together[..., i], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_whole_residual_from_zero_gives_the_models_own_log_prob(info, trace):
     final = trace.resid[info.n_layers][:, 0]
     targets = trace.logits[:, 0].argmax(-1)
