@@ -79,49 +79,63 @@ def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor |
 
 
 @torch.no_grad()
+def target_log_probs(info, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
+                     vocab_chunk: int = 16384) -> torch.Tensor:
+    """log p(target | x) = log softmax(E_u ln_f(x))[target], ln_f's scale frozen at `final`.
+
+    resid: (batch, n, d) residual vectors x; final: (batch, d) the real final residual;
+    targets: (batch, t) token ids. Returns (batch, n, t).
+    The unembedding is read once, in vocabulary chunks, for all n vectors together: with a large
+    vocabulary (Gemma: 262k x 640 floats = 670 MB) reading it, not the arithmetic, is the cost.
+    """
+    x = frozen_norm(info.final_norm, final[:, None].float())(resid.float()) + norm_bias(info.final_norm)
+    w_u = info.unembed.weight.detach()  # (vocab, d)
+    bias_u = getattr(info.unembed, "bias", None)
+    bias_u = torch.zeros(w_u.shape[0]) if bias_u is None else bias_u.detach().float()
+    softcap = getattr(info.model.config, "final_logit_softcapping", None)
+    cap = (lambda z: torch.tanh(z / softcap) * softcap) if softcap else (lambda z: z)  # noqa: E731
+    lse = torch.full(x.shape[:-1], -torch.inf)  # running logsumexp over the vocabulary
+    for start in range(0, w_u.shape[0], vocab_chunk):
+        z = cap(x @ w_u[start : start + vocab_chunk].float().T + bias_u[start : start + vocab_chunk])
+        lse = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
+    z_target = cap(torch.einsum("bnd,btd->bnt", x, w_u[targets].float()) + bias_u[targets][:, None])
+    return z_target - lse[..., None]
+
+
 def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
-                      targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+                      targets: torch.Tensor) -> torch.Tensor:
     """Imp(v) = log p(target | v + h) - log p(target | h) with ln_f frozen at `final`.
 
-    base: (batch, d) residual h before the components; vectors: (batch, n, d) the components;
-    final: (batch, d) the real residual at the end of the model (where ln_f's scale is frozen);
-    targets: (batch,) token ids, or (batch, t) to score t words from the same softmax.
-    Returns (batch, n), or (batch, n, t).
+    base: (batch, d) residual h before the components, or (batch, n, d) one base per component;
+    vectors: (batch, n, d) the components; final: (batch, d) the real residual at the end of the
+    model (where ln_f's scale is frozen); targets: (batch,) token ids, or (batch, t) to score t
+    words from the same softmax. Returns (batch, n), or (batch, n, t).
     """
     one_target = targets.dim() == 1
     targets = targets[:, None] if one_target else targets
-    ln_f = frozen_norm(info.final_norm, final[:, None].float())
-    w_u = info.unembed.weight.detach().float()  # (vocab, d)
-    bias_u = getattr(info.unembed, "bias", None)
-    z_h = (ln_f(base[:, None].float()) + norm_bias(info.final_norm)) @ w_u.T  # (batch, 1, vocab)
-    if bias_u is not None:
-        z_h = z_h + bias_u.detach()
-    softcap = getattr(info.model.config, "final_logit_softcapping", None)
-    cap = (lambda z: torch.tanh(z / softcap) * softcap) if softcap else (lambda z: z)  # noqa: E731
-    logp_h = torch.log_softmax(cap(z_h), dim=-1).gather(-1, targets[:, None])  # (batch, 1, t)
-    out = []
-    for start in range(0, vectors.shape[1], chunk):
-        z = cap(z_h + ln_f(vectors[:, start : start + chunk].float()) @ w_u.T)  # (batch, c, vocab)
-        # log p(w) = z_w - logsumexp(z), without materialising a second vocab-sized tensor
-        logp = z.gather(-1, targets[:, None].expand(-1, z.shape[1], -1)) - torch.logsumexp(z, -1, keepdim=True)
-        out.append(logp - logp_h)
-    out = torch.cat(out, dim=1)
+    base = base[:, None] if base.dim() == 2 else base  # one shared base row is scored once
+    n = vectors.shape[1]
+    logp = target_log_probs(info, torch.cat([base + vectors, base], dim=1), final, targets)
+    out = logp[:, :n] - logp[:, n:]
     return out[..., 0] if one_target else out
 
 
 def head_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
     """S(l, h) = log p(y | o^{l,h} + x^{l-1}) - log p(y | x^{l-1}) for every head: (batch, n_layers, n_heads).
 
-    Computed at recorded position `position` (index into trace.positions, default the first).
+    Computed at recorded position `position` (index into trace.positions, default the first),
+    all layers in one pass over the unembedding.
     targets: (batch,) token ids, or (batch, t) for several words at once -> (batch, n_layers, n_heads, t).
     """
     final = trace.resid[info.n_layers][:, position]
-    scores = []
-    for layer in range(info.n_layers):
-        base = trace.resid[layer][:, position]
-        heads = head_contributions(info, trace, layer)[:, position]
-        scores.append(log_prob_increase(info, base, heads, final, targets))
-    return torch.stack(scores, dim=1)
+    heads = torch.stack([head_contributions(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
+    bases = torch.stack([trace.resid[l][:, position] for l in range(info.n_layers)], 1)  # (batch, L, d)
+    one_target = targets.dim() == 1
+    targets = targets[:, None] if one_target else targets
+    logp = target_log_probs(info, torch.cat([(bases[:, :, None] + heads).flatten(1, 2), bases], 1), final, targets)
+    n = info.n_layers * info.n_heads
+    scores = logp[:, :n].unflatten(1, (info.n_layers, info.n_heads)) - logp[:, n:, None]  # minus each layer's base
+    return scores[..., 0] if one_target else scores
 
 
 def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> dict:
@@ -131,14 +145,11 @@ def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 
     attention block's output (exactly the MLP's input stream in sequential blocks).
     """
     final = trace.resid[info.n_layers][:, position]
-    attn, mlp = [], []
-    for layer in range(info.n_layers):
-        base = trace.resid[layer][:, position]
-        a = attention_block_output(info, trace, layer)[:, position]
-        m = mlp_block_output(info, trace, layer)[:, position]
-        attn.append(log_prob_increase(info, base, a[:, None], final, targets)[:, 0])
-        mlp.append(log_prob_increase(info, base + a, m[:, None], final, targets)[:, 0])
-    return {"attention": torch.stack(attn, 1), "mlp": torch.stack(mlp, 1)}
+    attn = torch.stack([attention_block_output(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
+    mlp = torch.stack([mlp_block_output(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
+    base = torch.stack([trace.resid[l][:, position] for l in range(info.n_layers)], 1)
+    scores = log_prob_increase(info, torch.cat([base, base + attn], 1), torch.cat([attn, mlp], 1), final, targets)
+    return {"attention": scores[:, : info.n_layers], "mlp": scores[:, info.n_layers :]}
 
 
 @torch.no_grad()
@@ -175,3 +186,138 @@ def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress:
         out["label_attention"].append(torch.stack(mass, 1))
         out["gold"].append(gold)
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Other scores for the same vectors, a first-order screen, and a head's share per source position
+
+
+def _vocab_logits(info, x: torch.Tensor, ln_f) -> torch.Tensor:
+    """Logits (before any softcap) of residual vectors x (..., d) through a frozen final norm: (..., vocab)."""
+    z = (ln_f(x.float()) + norm_bias(info.final_norm)) @ info.unembed.weight.detach().float().T
+    bias_u = getattr(info.unembed, "bias", None)
+    return z if bias_u is None else z + bias_u.detach()
+
+
+def _softcap(info, z: torch.Tensor) -> torch.Tensor:
+    softcap = getattr(info.model.config, "final_logit_softcapping", None)
+    return torch.tanh(z / softcap) * softcap if softcap else z
+
+
+def _gather_targets(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """values (batch, n, vocab), targets (batch,) or (batch, t) -> (batch, n) or (batch, n, t)."""
+    idx = targets[:, None, None] if targets.dim() == 1 else targets[:, None]
+    out = values.gather(-1, idx.expand(-1, values.shape[1], -1))
+    return out[..., 0] if targets.dim() == 1 else out
+
+
+def frozen_log_prob(info, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
+                    chunk: int = 256) -> torch.Tensor:
+    """log p(target | x) = log softmax(E_u ln_f(x))[target] for x in resid, ln_f frozen at `final`.
+
+    resid: (batch, n, d); final: (batch, d); targets: (batch,) or (batch, t).
+    Returns (batch, n) or (batch, n, t). Differentiable in resid (the screen below uses that).
+    """
+    ln_f = frozen_norm(info.final_norm, final[:, None].float())
+    out = []
+    for start in range(0, resid.shape[1], chunk):
+        z = _softcap(info, _vocab_logits(info, resid[:, start : start + chunk], ln_f))  # (batch, c, vocab)
+        lse = torch.logsumexp(z, -1)  # (batch, c)
+        out.append(_gather_targets(z, targets) - (lse if targets.dim() == 1 else lse[..., None]))
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def direct_logit_attribution(info, vectors: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """What each vector adds to the target's logit through the frozen final norm: (batch, n) or (batch, n, t).
+
+    Linear in the vector, so it needs no base and no softmax (and costs one dot product per vector,
+    not a vocabulary-sized product). It is the logit before Gemma's final softcap, which is the
+    quantity that is additive over components.
+    """
+    ln_f = frozen_norm(info.final_norm, final[:, None].float())
+    rows = info.unembed.weight.detach().float()[targets]  # (batch, d) or (batch, t, d)
+    moved = ln_f(vectors.float())  # (batch, n, d)
+    return (moved @ rows[:, :, None])[..., 0] if targets.dim() == 1 else moved @ rows.transpose(1, 2)
+
+
+@torch.no_grad()
+def attribution_scores(info, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
+                       targets: torch.Tensor) -> dict:
+    """Three scores of each vector v added to base h, for one target word each: (batch, n) tensors.
+
+    "log_prob": log p(w | h + v) - log p(w | h)   (Yu & Ananiadou's importance)
+    "prob":     p(w | h + v) - p(w | h)           (the same softmax, read as probabilities)
+    "logit":    direct logit attribution of v     (no softmax at all)
+    base: (batch, d); vectors: (batch, n, d); final: (batch, d); targets: (batch,).
+    """
+    log_prob = log_prob_increase(info, base, vectors, final, targets)
+    log_p_h = frozen_log_prob(info, base[:, None], final, targets)  # (batch, 1)
+    prob = torch.exp(log_p_h + log_prob) - torch.exp(log_p_h)
+    logit = direct_logit_attribution(info, vectors, final, targets)
+    return {"log_prob": log_prob, "prob": prob, "logit": logit}
+
+
+def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Gradient of log p(target | x) at x = each base, ln_f frozen at `final`: (batch, n, d).
+
+    grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of
+    one per vector, which is what makes screening 10^4-10^5 neurons affordable.
+    bases: (batch, n, d); targets: (batch,).
+    """
+    with torch.enable_grad():
+        x = bases.detach().float().requires_grad_(True)
+        frozen_log_prob(info, x, final.detach(), targets).sum().backward()
+    return x.grad
+
+
+def mlp_bases(info, trace: Trace, position: int = 0) -> torch.Tensor:
+    """The residual stream each MLP block adds to (after its layer's attention): (batch, n_layers, d)."""
+    return torch.stack([trace.resid[l][:, position] + attention_block_output(info, trace, l)[:, position]
+                        for l in range(info.n_layers)], dim=1)
+
+
+def neuron_screen(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
+    """First-order log-probability increase of every FFN neuron: (batch, n_layers, d_ff).
+
+    grad_l . (m_k fc2_k), with grad_l = log_prob_gradient at the MLP base of layer l. A cheap screen
+    (about as costly as scoring n_layers vectors exactly) to pick the neurons worth scoring exactly.
+    The trace needs resid, attn_out, mlp_act and mlp_out.
+    """
+    final = trace.resid[info.n_layers][:, position]
+    grads = log_prob_gradient(info, mlp_bases(info, trace, position), final, targets)  # (batch, L, d)
+    scores = [torch.einsum("bkd,bd->bk", neuron_contributions(info, trace, l)[:, position].float(), grads[:, l])
+              for l in range(info.n_layers)]
+    return torch.stack(scores, dim=1)
+
+
+def head_position_contributions(info, trace: Trace, layer: int, position: int = 0) -> torch.Tensor:
+    """Each head's write at recorded position `position`, split by source position p: (batch, n_heads, seq, d_model).
+
+    alpha_{T,p} W_O^h v_p, through the layer's post-attention norm (frozen at the real attention
+    output, as in head_contributions), so the sum over p is head_contributions(...)[:, position].
+    Needs a trace with "attn" and "qkv" (values are recorded at every position, one per query head).
+    """
+    alpha = trace.attn[layer][:, :, position]  # (batch, heads, seq)
+    w_o = info.out_proj_weight(layer).detach().view(info.d_model, info.n_heads, info.d_head)
+    terms = torch.einsum("bhp,bhpd,mhd->bhpm", alpha.float(), trace.v[layer].float(), w_o.float())
+    norm = info.attn_out_norms[layer]
+    if norm is None:
+        return terms
+    return frozen_norm(norm, trace.attn_out[layer][:, position][:, None, None].float())(terms)
+
+
+@torch.no_grad()
+def renormalised_log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
+                                   chunk: int = 256) -> torch.Tensor:
+    """log p(w | h + v) - log p(w | h) with the real (non-linear) final norm applied to h + v: (batch, n).
+
+    What the linearisation replaces; used to show how much freezing ln_f changes the scores.
+    base: (batch, d); vectors: (batch, n, d); targets: (batch,). One vocabulary product per vector.
+    """
+    def log_p(x):  # (batch, c, d) -> (batch, c)
+        z = info.logits_from_residual(x.to(info.device)).float().cpu()
+        return _gather_targets(z, targets) - torch.logsumexp(z, -1)
+
+    chunks = [log_p(base[:, None] + vectors[:, s : s + chunk]) for s in range(0, vectors.shape[1], chunk)]
+    return torch.cat(chunks, dim=1) - log_p(base[:, None])

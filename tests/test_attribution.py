@@ -61,7 +61,7 @@ def test_log_prob_increase_matches_a_hand_computation(info, trace):
     base = trace.resid[1][:, 0]
     vectors = torch.randn(final.shape[0], 3, info.d_model)
     targets = torch.tensor([1] * final.shape[0])
-    got = A.log_prob_increase(info, base, vectors, final, targets, chunk=2)
+    got = A.log_prob_increase(info, base, vectors, final, targets)
 
     def logp(x):  # ln_f with its scale frozen at `final`, written out
         frozen = A.frozen_norm(info.final_norm, final[:, None])
@@ -76,11 +76,36 @@ def test_several_targets_at_once_equal_one_at_a_time(info, trace):
     final, base = trace.resid[info.n_layers][:, 0], trace.resid[2][:, 0]
     vectors = torch.randn(final.shape[0], 5, info.d_model)
     targets = torch.tensor([[3, 7, 1]] * final.shape[0])
-    together = A.log_prob_increase(info, base, vectors, final, targets, chunk=2)
+    together = A.log_prob_increase(info, base, vectors, final, targets)
     assert together.shape == (final.shape[0], 5, 3)
     for i in range(3):
         alone = A.log_prob_increase(info, base, vectors, final, targets[:, i])
         torch.testing.assert_close(together[..., i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_head_and_layer_importance_equal_one_layer_at_a_time(info, trace):
+    targets = trace.logits[:, 0].argmax(-1)
+    final = trace.resid[info.n_layers][:, 0]
+    heads, layers = A.head_importance(info, trace, targets), A.layer_importance(info, trace, targets)
+    for layer in range(info.n_layers):
+        base = trace.resid[layer][:, 0]
+        alone = A.log_prob_increase(info, base, A.head_contributions(info, trace, layer)[:, 0], final, targets)
+        torch.testing.assert_close(heads[:, layer], alone, atol=1e-5, rtol=1e-5)
+        attn = A.attention_block_output(info, trace, layer)[:, 0]
+        expected = A.log_prob_increase(info, base, attn[:, None], final, targets)[:, 0]
+        torch.testing.assert_close(layers["attention"][:, layer], expected, atol=1e-5, rtol=1e-5)
+        mlp = A.mlp_block_output(info, trace, layer)[:, 0]
+        expected = A.log_prob_increase(info, base + attn, mlp[:, None], final, targets)[:, 0]
+        torch.testing.assert_close(layers["mlp"][:, layer], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vocabulary_chunks_do_not_change_the_log_probs(info, trace):
+    final = trace.resid[info.n_layers][:, 0]
+    resid = torch.randn(final.shape[0], 4, info.d_model)
+    targets = torch.tensor([[2, 5]] * final.shape[0])
+    whole = A.target_log_probs(info, resid, final, targets, vocab_chunk=10**9)
+    torch.testing.assert_close(A.target_log_probs(info, resid, final, targets, vocab_chunk=7), whole, atol=1e-5, rtol=1e-5)
+    assert (whole <= 0).all()  # log-probabilities
 
 
 def test_whole_residual_from_zero_gives_the_models_own_log_prob(info, trace):
