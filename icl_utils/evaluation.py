@@ -112,3 +112,9 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
         rows.append(info.logits_from_final_hidden(hidden)[:, ids.to(hidden.device)].float().cpu())
     gold = torch.tensor([classes.index(p.gold) for p in prompts])
     return ICLScores(torch.cat(rows), gold, classes, dict(words))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equally shaped tensors, flattened (ties broken by order)."""
+    ranks = [x.flatten().argsort().argsort().float() for x in (a, b)]
+    return torch.corrcoef(torch.stack(ranks))[0, 1].item()

@@ -106,3 +106,12 @@ def test_calibration_with_a_reference_keeps_an_interventions_shift():
     assert shifted.accuracy("batch", reference=clean) == 0.5  # the clean prior keeps it
     assert shifted.per_class_accuracy("batch", reference=clean) == {"a": 0.0, "b": 1.0}
     assert clean.gold_logit_margin() == 1.0 and shifted.gold_logit_margin() == 1.0
+
+
+def test_spearman_is_one_for_monotone_maps_and_minus_one_for_reversed():
+    from icl_utils.evaluation import spearman
+
+    a = torch.randn(3, 4)
+    assert abs(spearman(a, a.exp()) - 1) < 1e-6
+    assert abs(spearman(a, -a) + 1) < 1e-6
+    assert abs(spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])) - 0.8) < 1e-6
