@@ -208,3 +208,10 @@ def all_positions(batch) -> torch.Tensor:
     """(batch, seq): every position of every row (pads included)."""
     n, seq = batch.input_ids.shape
     return torch.arange(seq).expand(n, seq).clone()
+
+
+@pytest.fixture
+def trace_final(info, batch):
+    """The real final residual stream at each prompt's last position: (batch, d_model)."""
+    trace = icl_utils.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("resid",))
+    return trace.resid[info.n_layers][:, 0]

@@ -1,0 +1,47 @@
+"""Reading one residual-stream vector in vocabulary space ("logit lens"): the final norm applied to
+the vector alone, then the unembedding. This is how Yu & Ananiadou project value-output vectors.
+"""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def project(info, vectors: torch.Tensor) -> torch.Tensor:
+    """Logits of vectors (..., d_model) read alone: (..., vocab). Pass few rows (262k vocabulary)."""
+    return info.logits_from_residual(vectors.to(info.device)).float().cpu()
+
+
+def top_tokens(info, vector: torch.Tensor, k: int = 10) -> list:
+    """The k tokens a single vector (d_model,) promotes most, as readable strings."""
+    ids = project(info, vector[None])[0].topk(k).indices.tolist()
+    return [info.tokenizer.decode([i]) for i in ids]
+
+
+@torch.no_grad()
+def label_log_odds(info, vectors: torch.Tensor, word_ids, frozen_at: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(w0 | v) - log p(w1 | v) for vectors (..., d_model): (...).
+
+    frozen_at=None: the real final norm on v alone (scale-free: 2v reads like v). frozen_at=x
+    (broadcastable to vectors, e.g. the real final residual of each prompt): the final norm with
+    its scale frozen at x, as in the attribution chapters, so the result is linear in v and a
+    weighted vector (alpha * v) counts alpha times as much. The softmax normaliser cancels in the
+    difference, so only the two words' unembedding rows are needed; a final-logit softcap is
+    applied as the model does.
+    """
+    from .attribution import frozen_norm, norm_bias
+
+    vectors = vectors.to(info.device)
+    if frozen_at is None:
+        hidden = info.final_norm(vectors).float()
+    else:
+        hidden = frozen_norm(info.final_norm, frozen_at.to(info.device).float())(vectors.float()) + norm_bias(info.final_norm)
+    rows = info.unembed.weight.detach().float()[list(word_ids)]  # (2, d_model)
+    z = hidden @ rows.T
+    bias = getattr(info.unembed, "bias", None)
+    if bias is not None:
+        z = z + bias.detach().float()[list(word_ids)]
+    softcap = getattr(info.model.config, "final_logit_softcapping", None)
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    return (z[..., 0] - z[..., 1]).cpu()

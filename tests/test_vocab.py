@@ -1,0 +1,44 @@
+"""Vocabulary projections of single vectors (icl_utils.vocab) on tiny models."""
+import torch
+
+from icl_utils import vocab
+
+
+def test_label_log_odds_equals_the_full_softmax_difference(info):
+    vectors = 3 * torch.randn(5, 2, info.d_model)
+    logp = torch.log_softmax(vocab.project(info, vectors), -1)
+    expected = logp[..., 4] - logp[..., 9]
+    torch.testing.assert_close(vocab.label_log_odds(info, vectors, [4, 9]), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(vocab.label_log_odds(info, vectors, [9, 4]), -expected, atol=1e-4, rtol=1e-4)
+
+
+def test_top_tokens_are_the_largest_logits(info):
+    v = torch.randn(info.d_model)
+    ids = vocab.project(info, v[None])[0].topk(3).indices.tolist()
+    assert vocab.top_tokens(info, v, k=3) == [info.tokenizer.decode([i]) for i in ids]
+
+
+def test_an_unembedding_row_promotes_its_own_token(info):
+    word = 7
+    row = info.unembed.weight.detach()[word]
+    assert vocab.label_log_odds(info, 5 * row, [word, 8]) > 0
+
+
+def test_frozen_log_odds_scale_with_the_vector_and_real_ones_do_not(info, trace_final):
+    v = torch.randn(3, info.d_model)
+    at = trace_final[:1]
+    frozen = vocab.label_log_odds(info, v, [4, 9], frozen_at=at)
+    halved = vocab.label_log_odds(info, 0.5 * v, [4, 9], frozen_at=at)
+    if getattr(info.model.config, "final_logit_softcapping", None) is None and getattr(info.final_norm, "bias", None) is None:
+        torch.testing.assert_close(halved, 0.5 * frozen, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(halved, frozen)
+    real = vocab.label_log_odds(info, v, [4, 9])
+    torch.testing.assert_close(vocab.label_log_odds(info, 0.5 * v, [4, 9]), real, atol=1e-3, rtol=1e-3)
+
+
+def test_frozen_log_odds_at_the_final_residual_read_the_models_own_logits(info, trace_final):
+    """At x = the real final residual, the frozen norm is the real one: the model's own log-odds."""
+    logits = info.logits_from_residual(trace_final).float()
+    expected = logits[:, 4] - logits[:, 9]
+    got = vocab.label_log_odds(info, trace_final, [4, 9], frozen_at=trace_final)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
