@@ -1,0 +1,97 @@
+"""Query-key scores of chosen heads: the "two towers" of Yu & Ananiadou (2024), chapter 5.
+
+A head's attention logit from position T to position p is s = scaling * q_T . k_p (then any
+softcap, then the mask and the softmax). For rotary models q and k are recorded *after* the
+rotation, so s mixes what the vectors mean with where they sit; `unrotate` undoes the rotation
+with the (cos, sin) the model passed to the attention module, giving the position-free score.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from .tracing import Trace, _per_layer, edit_attention
+
+
+def attention_logits(info, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax scores: query (..., d_head) against keys (..., seq, d_head) -> (..., seq).
+
+    Uses the attention module's own scaling (Gemma: query_pre_attn_scalar ** -0.5, not d_head ** -0.5)
+    and the config's attention-logit softcap, if any.
+    """
+    scaling = getattr(info.attentions[layer], "scaling", query.shape[-1] ** -0.5)
+    scores = torch.einsum("...d,...sd->...s", query.float(), key.float()) * scaling
+    softcap = getattr(info.model.config, "attn_logit_softcapping", None)
+    return torch.tanh(scores / softcap) * softcap if softcap else scores
+
+
+def qk_scores(info, trace: Trace, layer: int, position: int = 0) -> torch.Tensor:
+    """Scores from recorded position `position` to every position: (batch, n_heads, seq).
+
+    Needs a trace with "qkv". Masked positions (after the prompt, padding) are not masked here.
+    """
+    return attention_logits(info, layer, trace.q[layer][:, :, position], trace.k[layer])
+
+
+@contextmanager
+def capture_rotary(info):
+    """Record the rotary (cos, sin) each attention module receives: yields {layer: (cos, sin)},
+    each (batch, seq, d_rot). Empty for models without rotary embeddings passed to attention
+    (e.g. GPT-2's learned positions)."""
+    found: dict = {}
+
+    def make_hook(layer):
+        def hook(module, args, kwargs):
+            pe = kwargs.get("position_embeddings")
+            if pe is not None:
+                found[layer] = (pe[0].detach().float().cpu(), pe[1].detach().float().cpu())
+        return hook
+
+    with ExitStack() as stack:
+        for layer, attention in enumerate(info.attentions):
+            stack.callback(attention.register_forward_pre_hook(make_hook(layer), with_kwargs=True).remove)
+        yield found
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Undo transformers' rotary embedding (x * cos + rotate_half(x) * sin) on x (..., seq, d_head).
+
+    cos, sin: (..., seq, d_rot), broadcastable to x; with d_rot < d_head (partial rotary) only the
+    first d_rot dimensions were rotated and only they are turned back.
+    """
+    d_rot = cos.shape[-1]
+    rot, rest = x[..., :d_rot].float(), x[..., d_rot:].float()
+    return torch.cat([rot * cos - _rotate_half(rot) * sin, rest], dim=-1)
+
+
+@contextmanager
+def replace_query(info, queries: dict, positions: torch.Tensor):
+    """Attend from `positions` (batch,) with other queries: for each (layer, head) in `queries`
+    ((batch, d_head) query vectors, as recorded: after rotary and any q norm), that row of the
+    head's pattern becomes softmax(scores of the new query against the run's own keys).
+
+    The keys each row may see are the ones the model's own pattern gives non-zero weight (so
+    causal, padding and sliding-window masks carry over).
+    """
+    by_layer = _per_layer(info, queries)
+    positions = torch.as_tensor(positions).long()
+
+    def edit(layer, weights, query, key):
+        new = weights.clone()
+        rows = torch.arange(weights.shape[0])
+        for head in by_layer[layer]:
+            q = queries[(layer, head)].to(key.device)
+            scores = attention_logits(info, layer, q, key[:, head])  # (batch, seq)
+            visible = weights[rows, head, positions] > 0
+            scores = scores.masked_fill(~visible, float("-inf"))
+            new[rows, head, positions] = torch.softmax(scores, dim=-1).to(weights.dtype)
+        return new
+
+    with edit_attention(info, edit, heads=list(queries)):
+        yield
