@@ -1,6 +1,7 @@
 """icl_utils: the thin library behind the ICL-heads book. Each function is short enough to read."""
 from .errors import LabelWordError, ModelNotAvailableError, PromptTooLongError, TaskFormatError
 from .evaluation import ICLScores, score_prompts
+from .heads import HeadRanking, find_in_context_heads, rank_heads, top_heads
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelInfo, describe_model, load_model
 from .prompts import (
     FOO_BAR,
@@ -12,12 +13,13 @@ from .prompts import (
     render_prompt,
 )
 from .tasks import Task, available_tasks, load_task
-from .tracing import Trace, ablate_heads, edit_attention, head_writes, run_with_trace
+from .tracing import Trace, ablate_heads, ablate_neurons, edit_attention, head_writes, run_with_trace
 
 __all__ = [
-    "DEFAULT_MODEL", "EMBEDDED_MODELS", "FOO_BAR", "ICLScores", "LabelWordError", "ModelInfo",
-    "ModelNotAvailableError", "PromptBatch", "PromptFormat", "PromptTooLongError", "Task",
-    "TaskFormatError", "Trace", "ablate_heads", "available_tasks", "build_prompts", "describe_model",
-    "edit_attention", "encode_prompts", "head_writes", "label_token_ids", "load_model", "load_task",
-    "render_prompt", "run_with_trace", "score_prompts",
+    "DEFAULT_MODEL", "EMBEDDED_MODELS", "FOO_BAR", "HeadRanking", "ICLScores", "LabelWordError",
+    "ModelInfo", "ModelNotAvailableError", "PromptBatch", "PromptFormat", "PromptTooLongError",
+    "Task", "TaskFormatError", "Trace", "ablate_heads", "ablate_neurons", "available_tasks",
+    "build_prompts", "describe_model", "edit_attention", "encode_prompts", "find_in_context_heads",
+    "head_writes", "label_token_ids", "load_model", "load_task", "rank_heads", "render_prompt",
+    "run_with_trace", "score_prompts", "top_heads",
 ]

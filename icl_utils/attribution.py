@@ -211,29 +211,13 @@ def _gather_targets(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return out[..., 0] if targets.dim() == 1 else out
 
 
-def frozen_log_prob(info, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
-                    chunk: int = 256) -> torch.Tensor:
-    """log p(target | x) = log softmax(E_u ln_f(x))[target] for x in resid, ln_f frozen at `final`.
-
-    resid: (batch, n, d); final: (batch, d); targets: (batch,) or (batch, t).
-    Returns (batch, n) or (batch, n, t). Differentiable in resid (the screen below uses that).
-    """
-    ln_f = frozen_norm(info.final_norm, final[:, None].float())
-    out = []
-    for start in range(0, resid.shape[1], chunk):
-        z = _softcap(info, _vocab_logits(info, resid[:, start : start + chunk], ln_f))  # (batch, c, vocab)
-        lse = torch.logsumexp(z, -1)  # (batch, c)
-        out.append(_gather_targets(z, targets) - (lse if targets.dim() == 1 else lse[..., None]))
-    return torch.cat(out, dim=1)
-
-
 @torch.no_grad()
 def direct_logit_attribution(info, vectors: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """What each vector adds to the target's logit through the frozen final norm: (batch, n) or (batch, n, t).
 
     Linear in the vector, so it needs no base and no softmax (and costs one dot product per vector,
-    not a vocabulary-sized product). It is the logit before Gemma's final softcap, which is the
-    quantity that is additive over components.
+    not a vocabulary-sized product). It is the logit before any final softcap (Gemma has one),
+    which is the quantity that is additive over components.
     """
     ln_f = frozen_norm(info.final_norm, final[:, None].float())
     rows = info.unembed.weight.detach().float()[targets]  # (batch, d) or (batch, t, d)
@@ -241,21 +225,33 @@ def direct_logit_attribution(info, vectors: torch.Tensor, final: torch.Tensor, t
     return (moved @ rows[:, :, None])[..., 0] if targets.dim() == 1 else moved @ rows.transpose(1, 2)
 
 
-@torch.no_grad()
-def attribution_scores(info, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
-                       targets: torch.Tensor) -> dict:
-    """Three scores of each vector v added to base h, for one target word each: (batch, n) tensors.
+def _with_bases(bases: torch.Tensor, vectors: torch.Tensor, base_index) -> tuple:
+    """One shared base per row, (batch, d), or several, (batch, n_bases, d) with base_index (n,) naming
+    each vector's base -> (bases (batch, n_bases, d), base_index (n,), points h + v (batch, n, d))."""
+    if bases.dim() == 2:
+        bases, base_index = bases[:, None], torch.zeros(vectors.shape[1], dtype=torch.long)
+    base_index = torch.as_tensor(base_index, dtype=torch.long)
+    return bases, base_index, bases[:, base_index].float() + vectors.float()
 
-    "log_prob": log p(w | h + v) - log p(w | h)   (Yu & Ananiadou's importance)
+
+@torch.no_grad()
+def attribution_scores(info, bases: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
+                       targets: torch.Tensor, base_index=None) -> dict:
+    """Three scores of each vector v added to its base h, for one target word each: (batch, n) tensors.
+
+    "log_prob": log p(w | h + v) - log p(w | h)   (Yu & Ananiadou's importance, = log_prob_increase)
     "prob":     p(w | h + v) - p(w | h)           (the same softmax, read as probabilities)
     "logit":    direct logit attribution of v     (no softmax at all)
-    base: (batch, d); vectors: (batch, n, d); final: (batch, d); targets: (batch,).
+    bases: (batch, d), one base for every vector, or (batch, n_bases, d) with base_index (n,) giving
+    each vector's base, so that components of every layer share one pass over the unembedding
+    (target_log_probs). vectors: (batch, n, d); final: (batch, d); targets: (batch,).
     """
-    log_prob = log_prob_increase(info, base, vectors, final, targets)
-    log_p_h = frozen_log_prob(info, base[:, None], final, targets)  # (batch, 1)
-    prob = torch.exp(log_p_h + log_prob) - torch.exp(log_p_h)
-    logit = direct_logit_attribution(info, vectors, final, targets)
-    return {"log_prob": log_prob, "prob": prob, "logit": logit}
+    bases, base_index, points = _with_bases(bases, vectors, base_index)
+    n = points.shape[1]
+    log_p = target_log_probs(info, torch.cat([points, bases.float()], 1), final, targets[:, None])[..., 0]
+    log_p, log_p_h = log_p[:, :n], log_p[:, n:][:, base_index]
+    return {"log_prob": log_p - log_p_h, "prob": log_p.exp() - log_p_h.exp(),
+            "logit": direct_logit_attribution(info, vectors, final, targets)}
 
 
 def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -263,20 +259,24 @@ def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: t
 
     grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of
     one per vector, which is what makes screening 10^4-10^5 neurons affordable.
-    bases: (batch, n, d); targets: (batch,).
+    bases: (batch, n, d) (a few: one vocabulary-sized row of logits each); targets: (batch,).
     """
-    with torch.enable_grad():
+    ln_f = frozen_norm(info.final_norm, final[:, None].detach().float())
+    with torch.enable_grad():  # a few bases: the (batch, n, vocab) logits fit in memory
         x = bases.detach().float().requires_grad_(True)
-        frozen_log_prob(info, x, final.detach(), targets).sum().backward()
-    return x.grad
+        z = _softcap(info, _vocab_logits(info, x, ln_f))
+        log_p = (_gather_targets(z, targets) - torch.logsumexp(z, -1)).sum()
+        return torch.autograd.grad(log_p, x)[0]  # only w.r.t. x: no .grad left on the model's parameters
 
 
+@torch.no_grad()
 def mlp_bases(info, trace: Trace, position: int = 0) -> torch.Tensor:
     """The residual stream each MLP block adds to (after its layer's attention): (batch, n_layers, d)."""
     return torch.stack([trace.resid[l][:, position] + attention_block_output(info, trace, l)[:, position]
                         for l in range(info.n_layers)], dim=1)
 
 
+@torch.no_grad()
 def neuron_screen(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
     """First-order log-probability increase of every FFN neuron: (batch, n_layers, d_ff).
 
@@ -291,14 +291,18 @@ def neuron_screen(info, trace: Trace, targets: torch.Tensor, position: int = 0) 
     return torch.stack(scores, dim=1)
 
 
-def head_position_contributions(info, trace: Trace, layer: int, position: int = 0) -> torch.Tensor:
+@torch.no_grad()
+def head_position_contributions(info, trace: Trace, layer: int, position: int = 0,
+                                weighted: bool = True) -> torch.Tensor:
     """Each head's write at recorded position `position`, split by source position p: (batch, n_heads, seq, d_model).
 
     alpha_{T,p} W_O^h v_p, through the layer's post-attention norm (frozen at the real attention
     output, as in head_contributions), so the sum over p is head_contributions(...)[:, position].
+    weighted=False leaves out alpha: what the head would write from p if it attended only there.
     Needs a trace with "attn" and "qkv" (values are recorded at every position, one per query head).
     """
     alpha = trace.attn[layer][:, :, position]  # (batch, heads, seq)
+    alpha = alpha if weighted else torch.ones_like(alpha)
     w_o = info.out_proj_weight(layer).detach().view(info.d_model, info.n_heads, info.d_head)
     terms = torch.einsum("bhp,bhpd,mhd->bhpm", alpha.float(), trace.v[layer].float(), w_o.float())
     norm = info.attn_out_norms[layer]
@@ -308,16 +312,19 @@ def head_position_contributions(info, trace: Trace, layer: int, position: int = 
 
 
 @torch.no_grad()
-def renormalised_log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
-                                   chunk: int = 256) -> torch.Tensor:
-    """log p(w | h + v) - log p(w | h) with the real (non-linear) final norm applied to h + v: (batch, n).
+def renormalised_log_prob_increase(info, bases: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
+                                   base_index=None, chunk: int = 256) -> torch.Tensor:
+    """log p(w | h + v) - log p(w | h) with the real (non-linear) final norm applied to h + v and to h: (batch, n).
 
     What the linearisation replaces; used to show how much freezing ln_f changes the scores.
-    base: (batch, d); vectors: (batch, n, d); targets: (batch,). One vocabulary product per vector.
+    bases, vectors, base_index: as in attribution_scores; targets: (batch,).
     """
-    def log_p(x):  # (batch, c, d) -> (batch, c)
-        z = info.logits_from_residual(x.to(info.device)).float().cpu()
-        return _gather_targets(z, targets) - torch.logsumexp(z, -1)
+    def log_p(x):  # (batch, m, d) -> (batch, m), in chunks of the vocabulary-sized logits
+        out = []
+        for s in range(0, x.shape[1], chunk):
+            z = info.logits_from_residual(x[:, s : s + chunk].to(info.device)).float().cpu()
+            out.append(_gather_targets(z, targets) - torch.logsumexp(z, -1))
+        return torch.cat(out, dim=1)
 
-    chunks = [log_p(base[:, None] + vectors[:, s : s + chunk]) for s in range(0, vectors.shape[1], chunk)]
-    return torch.cat(chunks, dim=1) - log_p(base[:, None])
+    bases, base_index, points = _with_bases(bases, vectors, base_index)
+    return log_p(points) - log_p(bases.float())[:, base_index]

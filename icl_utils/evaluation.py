@@ -24,6 +24,7 @@ class ICLScores:
     gold: torch.Tensor  # (n_prompts,) index of the gold class
     classes: list
     label_words: dict
+    log_normaliser: torch.Tensor | None = None  # (n_prompts,) logsumexp of the full next-token logits
 
     def label_prior(self) -> torch.Tensor:
         """Log of the mean label probabilities over these prompts: what batch calibration removes."""
@@ -57,6 +58,13 @@ class ICLScores:
         """Mean over prompts of logit(gold label) - logit(other label) (two classes)."""
         rows = torch.arange(len(self.gold))
         return (self.label_logits[rows, self.gold] - self.label_logits[rows, 1 - self.gold]).mean().item()
+
+    def gold_log_prob(self) -> float:
+        """Mean over prompts of log p(gold label word), the softmax taken over the whole vocabulary."""
+        if self.log_normaliser is None:
+            raise ValueError("these scores were built without the full-vocabulary normaliser (see score_prompts)")
+        rows = torch.arange(len(self.gold))
+        return (self.label_logits[rows, self.gold] - self.log_normaliser).mean().item()
 
     def auc(self) -> float:
         """Two classes: probability that a random class-1 prompt has a larger logit(class 1) -
@@ -106,15 +114,21 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
     classes = list(prompts[0].label_words)
     words = prompts[0].label_words
     ids = torch.tensor(label_token_ids(info.tokenizer, [words[c] for c in classes]))
-    rows = []
+    rows, normalisers = [], []
     for chunk in tqdm(list(batches(prompts, batch_size)), desc=desc, disable=not progress, leave=False):
         hidden = last_position_hidden(info, encode_prompts(info, chunk))
-        rows.append(info.logits_from_final_hidden(hidden)[:, ids.to(hidden.device)].float().cpu())
+        logits = info.logits_from_final_hidden(hidden).float()
+        rows.append(logits[:, ids.to(hidden.device)].cpu())
+        normalisers.append(torch.logsumexp(logits, dim=-1).cpu())
     gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(torch.cat(rows), gold, classes, dict(words))
+    return ICLScores(torch.cat(rows), gold, classes, dict(words), torch.cat(normalisers))
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two equally shaped tensors, flattened (ties broken by order)."""
-    ranks = [x.flatten().argsort().argsort().float() for x in (a, b)]
-    return torch.corrcoef(torch.stack(ranks))[0, 1].item()
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equally long sequences or equally shaped tensors (flattened);
+    tied values share their mean rank."""
+    import pandas as pd
+
+    flat = [np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=float).ravel() for x in (a, b)]
+    ranks = [pd.Series(x).rank() for x in flat]
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])

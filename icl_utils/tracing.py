@@ -283,6 +283,57 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
         yield
 
 
+def _neurons_per_layer(info, neurons_by_layer: dict) -> dict:
+    """{layer: LongTensor of neuron indices}, refusing layers and neurons the model does not have."""
+    chosen = {}
+    for layer, neurons in neurons_by_layer.items():
+        idx = torch.as_tensor(neurons, dtype=torch.long).flatten()
+        if not 0 <= int(layer) < info.n_layers:
+            raise ValueError(f"Layer {layer} out of range: the model has {info.n_layers} layers.")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= info.d_ff):
+            bad = idx[(idx < 0) | (idx >= info.d_ff)].tolist()
+            raise ValueError(f"Neurons {bad[:5]} of layer {layer} out of range: each MLP has {info.d_ff} neurons.")
+        chosen[int(layer)] = idx
+    return chosen
+
+
+@contextmanager
+def ablate_neurons(info, neurons_by_layer: dict, positions=None, rows=None):
+    """Zero chosen FFN neurons: their activations m_k, i.e. the inputs of the MLP's output projection.
+
+    neurons_by_layer: {layer: neuron indices}. positions: None for every position, or a LongTensor
+    (batch, n_pos) of per-prompt positions, as in ablate_heads. rows: None for every row of the
+    batch, or the row indices to ablate (so that one batch can hold several different ablations).
+    Zeroing m_k removes neuron k's subvalue m_k * fc2_k and nothing else (the bias stays).
+    """
+    chosen = _neurons_per_layer(info, neurons_by_layer)
+
+    def make_hook(idx):
+        def hook(module, args):
+            x = args[0]  # (batch, seq, d_ff)
+            where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            if positions is not None:
+                pos = torch.as_tensor(positions, device=x.device)
+                pos = pos[:, None] if pos.ndim == 1 else pos
+                where = torch.zeros_like(where)
+                where[torch.arange(x.shape[0], device=x.device)[:, None], pos] = True
+            if rows is not None:
+                keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+                keep[torch.as_tensor(rows, dtype=torch.long, device=x.device)] = True
+                where &= keep[:, None]
+            x = x.clone()
+            cols = idx.to(x.device)
+            x[..., cols] = x[..., cols].masked_fill(where[..., None], 0.0)
+            return (x,) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, idx in chosen.items():
+            handle = info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(idx))
+            stack.callback(handle.remove)
+        yield
+
+
 @contextmanager
 def edit_attention(info, edit_fn, heads=None):
     """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.

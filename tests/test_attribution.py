@@ -141,3 +141,100 @@ def test_head_scores_over_prompts_match_head_importance_for_the_gold_word(info, 
     gold = torch.tensor([classes.index(g) for g in batch.gold])
     torch.testing.assert_close(scores["importance"], A.head_importance(info, trace, ids[gold]), atol=1e-4, rtol=1e-4)
     assert ((scores["label_attention"] >= 0) & (scores["label_attention"] <= 1 + 1e-5)).all()
+
+
+# Chapter 2: other scores, the first-order screen, per-position head terms ----------------------
+
+
+def test_per_position_head_terms_sum_to_the_head_output(info, trace):
+    for layer in range(info.n_layers):
+        terms = A.head_position_contributions(info, trace, layer)  # (batch, heads, seq, d)
+        assert terms.shape == (*trace.attn[layer][:, :, 0].shape, info.d_model)
+        heads = A.head_contributions(info, trace, layer)[:, 0]  # (batch, heads, d)
+        torch.testing.assert_close(terms.sum(2), heads.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_per_position_terms_are_zero_where_the_head_does_not_attend(info, trace, batch):
+    terms = A.head_position_contributions(info, trace, 0)
+    after = torch.arange(terms.shape[2])[None, :] > batch.last_positions[:, None]  # later tokens and padding
+    assert terms.norm(dim=-1)[after[:, None].expand(-1, info.n_heads, -1)].max() == 0
+
+
+def test_attribution_scores_by_hand(info, trace):
+    final, base = trace.resid[info.n_layers][:, 0], trace.resid[1][:, 0]
+    vectors = torch.randn(final.shape[0], 3, info.d_model)
+    targets = trace.logits[:, 0].argmin(-1)
+    scores = A.attribution_scores(info, base, vectors, final, targets)
+    ln_f = A.frozen_norm(info.final_norm, final[:, None])
+    rows = torch.arange(len(targets))
+
+    def raw_logits(x):  # before the softcap
+        return info.unembed(ln_f(x) + A.norm_bias(info.final_norm))
+
+    def prob(x):
+        return torch.softmax(info.logits_from_final_hidden(ln_f(x) + A.norm_bias(info.final_norm)), -1)[rows, ..., targets]
+
+    with torch.no_grad():
+        expected_prob = prob(base[:, None] + vectors) - prob(base[:, None])
+        expected_logit = raw_logits(base[:, None] + vectors)[rows, ..., targets] - raw_logits(base[:, None])[rows, ..., targets]
+    torch.testing.assert_close(scores["prob"], expected_prob, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores["logit"], expected_logit, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores["log_prob"], A.log_prob_increase(info, base, vectors, final, targets))
+
+
+def test_direct_logit_attribution_adds_up_over_heads(info, trace):
+    final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
+    layer = info.n_layers - 1
+    heads = A.head_contributions(info, trace, layer)[:, 0]
+    per_head = A.direct_logit_attribution(info, heads, final, targets).sum(1)
+    together = A.direct_logit_attribution(info, heads.sum(1, keepdim=True), final, targets)[:, 0]
+    torch.testing.assert_close(per_head, together, atol=1e-4, rtol=1e-4)
+    several = A.direct_logit_attribution(info, heads, final, torch.stack([targets, targets], 1))
+    torch.testing.assert_close(several[..., 1], A.direct_logit_attribution(info, heads, final, targets))
+
+
+def test_gradient_screen_is_the_first_order_log_prob_increase(info, trace):
+    final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
+    bases = A.mlp_bases(info, trace)  # (batch, L, d)
+    torch.testing.assert_close(bases[:, 1], trace.resid[1][:, 0] + A.attention_block_output(info, trace, 1)[:, 0])
+    screen = A.neuron_screen(info, trace, targets)
+    assert screen.shape == (final.shape[0], info.n_layers, info.d_ff) and screen.abs().sum() > 0
+    eps = 1e-3
+    for layer in range(info.n_layers):
+        sub = A.neuron_contributions(info, trace, layer)[:, 0, :5]  # (batch, 5, d)
+        small = A.log_prob_increase(info, bases[:, layer], eps * sub, final, targets) / eps
+        torch.testing.assert_close(screen[:, layer, :5], small, atol=2e-2, rtol=2e-2)
+
+
+def test_renormalised_increase_uses_the_real_final_norm(info, trace):
+    final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
+    base = trace.resid[1][:, 0]
+    got = A.renormalised_log_prob_increase(info, base, (final - base)[:, None], targets, chunk=1)[:, 0]
+    rows = torch.arange(len(targets))
+    with torch.no_grad():
+        at_base = torch.log_softmax(info.logits_from_residual(base).float(), -1)[rows, targets]
+    own = torch.log_softmax(trace.logits[:, 0], -1)[rows, targets]
+    torch.testing.assert_close(got, own - at_base, atol=1e-4, rtol=1e-4)
+
+
+def test_scores_with_one_base_per_vector_equal_one_call_per_base(info, trace):
+    final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
+    bases = torch.stack([trace.resid[l][:, 0] for l in range(info.n_layers)], 1)  # (batch, L, d)
+    heads = torch.cat([A.head_contributions(info, trace, l)[:, 0] for l in range(info.n_layers)], 1)  # (batch, L*H, d)
+    index = torch.arange(info.n_layers).repeat_interleave(info.n_heads)
+    together = A.attribution_scores(info, bases, heads, final, targets, base_index=index)
+    real = A.renormalised_log_prob_increase(info, bases, heads, targets, base_index=index, chunk=5)
+    torch.testing.assert_close(together["log_prob"].view(-1, info.n_layers, info.n_heads),
+                               A.head_importance(info, trace, targets), atol=1e-4, rtol=1e-4)
+    for l in range(info.n_layers):
+        one = A.attribution_scores(info, bases[:, l], heads[:, index == l], final, targets)
+        for key in one:
+            torch.testing.assert_close(together[key][:, index == l], one[key], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(real[:, index == l], A.renormalised_log_prob_increase(
+            info, bases[:, l], heads[:, index == l], targets), atol=1e-4, rtol=1e-4)
+
+
+def test_gradient_screen_leaves_no_gradients_on_the_model(info, trace):
+    final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
+    A.log_prob_gradient(info, A.mlp_bases(info, trace), final, targets)
+    assert all(p.grad is None for p in info.model.parameters())

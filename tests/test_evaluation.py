@@ -115,3 +115,15 @@ def test_spearman_is_one_for_monotone_maps_and_minus_one_for_reversed():
     assert abs(spearman(a, a.exp()) - 1) < 1e-6
     assert abs(spearman(a, -a) + 1) < 1e-6
     assert abs(spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])) - 0.8) < 1e-6
+
+
+def test_gold_log_prob_is_the_full_vocabulary_log_probability(info, prompts):
+    scores = score_prompts(info, prompts, batch_size=3, progress=False)
+    batch = encode_prompts(info, prompts)
+    out = info.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logp = torch.log_softmax(out.logits[torch.arange(len(prompts)), batch.last_positions].float(), -1)
+    ids = torch.tensor(label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in scores.classes]))
+    expected = logp[torch.arange(len(prompts)), ids[scores.gold]].mean().item()
+    assert abs(scores.gold_log_prob() - expected) < 1e-4
+    with pytest.raises(ValueError, match="normaliser"):
+        ICLScores(scores.label_logits, scores.gold, scores.classes, scores.label_words).gold_log_prob()

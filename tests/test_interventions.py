@@ -341,3 +341,82 @@ def test_edit_attention_refuses_heads_the_model_does_not_have(info):
     with pytest.raises(ValueError, match="out of range"):
         with edit_attention(info, lambda *a: None, heads=[(info.n_layers, 0)]):
             pass
+
+
+# 8. ablating FFN neurons ------------------------------------------------------------------------
+
+from icl_utils import ablate_neurons  # noqa: E402
+
+
+def _zero_neurons_by_hand(info, model, layer, neurons):
+    names = {id(m): n for n, m in info.model.named_modules()}
+    proj = model.get_submodule(names[id(info.mlp_out_projs[layer])])
+    with torch.no_grad():
+        if isinstance(proj, nn.Linear):  # weight (d_model, d_ff): column k reads neuron k
+            proj.weight[:, neurons] = 0
+        else:  # GPT-2 Conv1D: weight (d_ff, d_model): row k reads neuron k
+            proj.weight[neurons, :] = 0
+
+
+def test_neuron_ablation_equals_zeroing_the_output_projection_by_hand(info, batch):
+    chosen = {0: [1, 5, 17], 1: torch.tensor([0, 63])}
+    clean = _logits(info.model, batch)
+    with ablate_neurons(info, chosen):
+        assert _n_hooks(info) == 2
+        ablated = _logits(info.model, batch)
+    by_hand = copy.deepcopy(info.model)
+    for layer, neurons in chosen.items():
+        _zero_neurons_by_hand(info, by_hand, layer, torch.as_tensor(neurons))
+    mask = batch.attention_mask.bool()
+    torch.testing.assert_close(ablated[mask], _logits(by_hand, batch)[mask], atol=1e-5, rtol=0)
+    assert (ablated[mask] - clean[mask]).abs().max() > 1e-3  # the neurons mattered
+    _assert_clean(info)
+    torch.testing.assert_close(_logits(info.model, batch), clean, atol=0, rtol=0)  # and are back
+
+
+def test_neuron_ablation_removes_exactly_the_traced_activations(info, batch):
+    positions = all_positions(batch)
+    with ablate_neurons(info, {1: [2, 3]}):
+        trace = run_with_trace(info, batch.input_ids, batch.attention_mask, positions, record=("mlp_act",))
+    clean = run_with_trace(info, batch.input_ids, batch.attention_mask, positions, record=("mlp_act",))
+    assert trace.mlp_act[1][..., [2, 3]].abs().sum() == 0
+    keep = [k for k in range(info.d_ff) if k not in (2, 3)]
+    torch.testing.assert_close(trace.mlp_act[1][..., keep], clean.mlp_act[1][..., keep], atol=1e-5, rtol=0)
+
+
+def test_neuron_ablation_at_positions_and_rows(info, batch):
+    clean = _logits(info.model, batch)
+    positions = (batch.last_positions - 2)[:, None]
+    with ablate_neurons(info, {0: [4, 9]}, positions=positions):
+        at_pos = _logits(info.model, batch)
+    for b, p in enumerate(positions[:, 0].tolist()):
+        assert torch.equal(at_pos[b, :p], clean[b, :p]), "causal: earlier positions cannot change"
+        assert (at_pos[b, p] - clean[b, p]).abs().max() > 1e-5
+    # rows: a batch holding a different ablation in each row equals each ablation run alone
+    with ablate_neurons(info, {0: [4, 9]}, rows=[0, 2]), ablate_neurons(info, {1: [1]}, rows=[1]):
+        mixed = _logits(info.model, batch)
+    with ablate_neurons(info, {0: [4, 9]}):
+        first = _logits(info.model, batch)
+    with ablate_neurons(info, {1: [1]}):
+        second = _logits(info.model, batch)
+    mask = batch.attention_mask.bool()
+    for b, expected in [(0, first), (2, first), (1, second), (3, clean)]:
+        torch.testing.assert_close(mixed[b][mask[b]], expected[b][mask[b]], atol=1e-5, rtol=0)
+    _assert_clean(info)
+
+
+@pytest.mark.parametrize("chosen", [lambda ff: {0: [ff]}, lambda ff: {0: [-1]}, lambda ff: {2: [0]},
+                                    lambda ff: {-1: [0]}, lambda ff: {0: [1], 1: [0, ff + 7]}])
+def test_neuron_ablation_out_of_range_raises(info, chosen):
+    with pytest.raises(ValueError, match="out of range"):
+        with ablate_neurons(info, chosen(info.d_ff)):
+            pass
+    _assert_clean(info)
+
+
+def test_hooks_removed_when_body_of_ablate_neurons_raises(info, batch):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ablate_neurons(info, {0: [1], 1: [2]}):
+            _logits(info.model, batch)
+            raise RuntimeError("boom")
+    _assert_clean(info)
