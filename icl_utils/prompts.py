@@ -122,6 +122,35 @@ def build_prompts(
     return prompts
 
 
+def build_prompt_groups(
+    task: Task,
+    n_groups: int,
+    queries_per_group: int,
+    demos_per_class=8,
+    label_words="foo/bar",
+    seed: int = 0,
+    fmt: PromptFormat = PromptFormat(),
+) -> list:
+    """`n_groups` lists of prompts; the prompts of one group share their demonstrations (same
+    inputs, same order) and differ only in the query, balanced over the classes.
+
+    For comparisons across inputs with the context held fixed (e.g. what changes in a head
+    when the prediction flips from foo to bar). Queries never appear among the demonstrations.
+    """
+    rng = random.Random(seed)
+    words = label_words_for(task, label_words)
+    counts = demos_per_class if isinstance(demos_per_class, dict) else {c: demos_per_class for c in task.classes}
+    query_pool, demo_pool = split_task(task, -(-queries_per_group // len(task.classes)), seed)
+    groups = []
+    for _ in range(n_groups):
+        demos = [(x, c) for c in task.classes for x in rng.sample(demo_pool[c], counts[c])]
+        rng.shuffle(demos)
+        queries = [(query_pool[task.classes[i % len(task.classes)]][i // len(task.classes)], task.classes[i % len(task.classes)])
+                   for i in range(queries_per_group)]
+        groups.append([render_prompt(demos, q, gold, words, fmt) for q, gold in queries])
+    return groups
+
+
 def render_prompt(demos: list, query: str, gold: str, words: dict, fmt: PromptFormat = PromptFormat()) -> ICLPrompt:
     """Write the prompt text and remember where each demonstration's label word is."""
     text, spans = "", []
@@ -217,3 +246,66 @@ def encode_prompts(info, prompts: list) -> PromptBatch:
         gold=[p.gold for p in prompts],
         prompts=list(prompts),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the input texts are
+
+
+@dataclass
+class InputPositions:
+    """Token indices of every input text in a PromptBatch's prompts (same rows, same order).
+
+    demos[i][j]: the tokens of demonstration j's input text in prompt i (demonstrations in prompt
+    order, matching batch.label_positions[i][j]); query[i]: the tokens of prompt i's query input.
+    A token counts when it overlaps the text, so a leading space merged into the first word
+    (" agony") belongs to the input.
+    """
+
+    demos: list
+    query: list
+
+
+def input_spans(prompt: ICLPrompt, fmt: PromptFormat = PromptFormat()) -> tuple:
+    """Character spans (start, end) of each demonstration's input text and of the query's, in prompt.text.
+
+    Rebuilds the prompt with `fmt` (the format it was built with) and refuses a mismatch.
+    """
+    text, spans = "", []
+    for x, cls in prompt.demos:
+        start = len(text) + len(fmt.input_prefix)
+        spans.append((start, start + len(x)))
+        text += fmt.demo(x, prompt.label_words[cls]) + fmt.separator
+    start = len(text) + len(fmt.input_prefix)
+    text += fmt.query(prompt.query)
+    if text != prompt.text:
+        raise ValueError(
+            "This prompt was not written with the given PromptFormat; pass the fmt= that build_prompts used."
+        )
+    return spans, (start, start + len(prompt.query))
+
+
+def _span_tokens(offsets: list, span: tuple, prompt_text: str) -> list:
+    start, end = span
+    tokens = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+    if not tokens:
+        raise ValueError(f"No token covers the input text {prompt_text[start:end]!r} (empty input?).")
+    return tokens
+
+
+def input_positions(info, batch: PromptBatch, fmt: PromptFormat = PromptFormat()) -> InputPositions:
+    """Token positions of each demonstration's input text and of the query's input, per prompt.
+
+    Tokenises each prompt again with offsets (as encode_prompts does) and checks that the tokens
+    are the batch's, so the positions index batch.input_ids.
+    """
+    demos, query = [], []
+    for row, p in enumerate(batch.prompts):
+        enc = info.tokenizer(p.text, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if batch.input_ids[row, : len(ids)].tolist() != ids or int(batch.attention_mask[row].sum()) != len(ids):
+            raise ValueError(f"Row {row} of the batch is not prompt {row} tokenised by this model's tokenizer.")
+        demo_spans, query_span = input_spans(p, fmt)
+        demos.append([_span_tokens(enc["offset_mapping"], span, p.text) for span in demo_spans])
+        query.append(_span_tokens(enc["offset_mapping"], query_span, p.text))
+    return InputPositions(demos=demos, query=query)

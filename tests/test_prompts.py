@@ -180,3 +180,48 @@ def test_queries_never_among_demos_even_with_duplicate_inputs(task):
         prompts = build_prompts(doubled, 8, demos_per_class=2, seed=seed)
         for p in prompts:
             assert p.query not in [x for x, _ in p.demos], f"seed {seed}: query {p.query!r} is also a demo"
+
+
+def test_prompt_groups_share_demonstrations_and_balance_queries(task):
+    from icl_utils.prompts import build_prompt_groups
+
+    groups = build_prompt_groups(task, 3, 4, demos_per_class=2, seed=1)
+    assert len(groups) == 3 and all(len(g) == 4 for g in groups)
+    for group in groups:
+        assert len({tuple(p.demos) for p in group}) == 1
+        assert [p.gold for p in group] == [task.classes[i % 2] for i in range(4)]
+        assert len({p.query for p in group}) == 4
+        assert not {p.query for p in group} & {x for x, _ in group[0].demos}
+    assert groups[0][0].demos != groups[1][0].demos
+    assert build_prompt_groups(task, 3, 4, demos_per_class=2, seed=1)[2][3].text == groups[2][3].text
+
+
+def test_input_positions_cover_each_input_text(info, task):
+    from icl_utils.prompts import input_positions, input_spans
+
+    prompts = build_prompts(task, 8, demos_per_class=2, seed=0)
+    batch = encode_prompts(info, prompts)
+    found = input_positions(info, batch)
+    assert len(found.demos) == len(found.query) == len(prompts)
+    for row, p in enumerate(prompts):
+        decode = lambda idx: info.tokenizer.decode(batch.input_ids[row, idx].tolist()).strip()  # noqa: E731
+        assert len(found.demos[row]) == len(p.demos)
+        for (text, _), tokens, label in zip(p.demos, found.demos[row], batch.label_positions[row]):
+            assert decode(tokens) == text and tokens == list(range(tokens[0], tokens[-1] + 1))
+            assert tokens[-1] < label
+        assert decode(found.query[row]) == p.query
+        assert found.query[row][-1] < batch.last_positions[row]
+        spans, query_span = input_spans(p)
+        assert [p.text[s:e] for s, e in spans] == [x for x, _ in p.demos] and p.text[slice(*query_span)] == p.query
+
+
+def test_input_positions_refuse_a_mismatched_format_or_batch(info, task):
+    from icl_utils.prompts import input_positions, input_spans
+
+    prompts = build_prompts(task, 2, demos_per_class=2, seed=0)
+    with pytest.raises(ValueError, match="PromptFormat"):
+        input_spans(prompts[0], PromptFormat(input_prefix="Q: "))
+    batch = encode_prompts(info, prompts)
+    batch.input_ids[0, 1] += 1
+    with pytest.raises(ValueError, match="not prompt 0"):
+        input_positions(info, batch)
