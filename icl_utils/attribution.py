@@ -17,6 +17,12 @@ from torch import nn
 from .tracing import Trace, head_writes, run_with_trace
 
 
+def _on_cpu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) for a trace tensor x (kept on the CPU) when the model may sit on a GPU."""
+    device = next(module.parameters(), x).device
+    return module(x.to(device)).to(x.device)
+
+
 def frozen_norm(norm: nn.Module, at: torch.Tensor):
     """The norm as a linear map x -> norm(x) - bias with its scale frozen at input `at` (..., d).
 
@@ -30,7 +36,7 @@ def frozen_norm(norm: nn.Module, at: torch.Tensor):
     eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
     rms = lambda x: torch.sqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)  # noqa: E731
     rms_at = rms(at)
-    return lambda x: norm(x).float() * rms(x) / rms_at
+    return lambda x: _on_cpu(norm, x).float() * rms(x) / rms_at
 
 
 def norm_bias(norm: nn.Module) -> torch.Tensor | float:
@@ -55,13 +61,13 @@ def head_contributions(info, trace: Trace, layer: int) -> torch.Tensor:
 def attention_block_output(info, trace: Trace, layer: int) -> torch.Tensor:
     """What the attention block of `layer` adds to the residual stream: (batch, n_pos, d_model)."""
     norm = info.attn_out_norms[layer]
-    return trace.attn_out[layer] if norm is None else norm(trace.attn_out[layer])
+    return trace.attn_out[layer] if norm is None else _on_cpu(norm, trace.attn_out[layer])
 
 
 def mlp_block_output(info, trace: Trace, layer: int) -> torch.Tensor:
     """What the MLP block of `layer` adds to the residual stream: (batch, n_pos, d_model)."""
     norm = info.mlp_out_norms[layer]
-    return trace.mlp_out[layer] if norm is None else norm(trace.mlp_out[layer])
+    return trace.mlp_out[layer] if norm is None else _on_cpu(norm, trace.mlp_out[layer])
 
 
 def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,187 @@
+"""Attention knock-out (icl_utils.knockout) on the three tiny random models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_utils import tracing
+from icl_utils.evaluation import last_position_hidden
+from icl_utils.knockout import (
+    blocking_mask,
+    knock_out,
+    label_demo_pairs,
+    last_position_runs,
+    last_query_pairs,
+    random_pairs,
+)
+from icl_utils.prompts import input_positions
+from icl_utils.tracing import run_with_trace
+
+from conftest import all_positions
+
+
+def _no_pairs(batch):
+    return [[] for _ in range(len(batch.prompts))]
+
+
+@pytest.fixture
+def inputs(info, batch):
+    return input_positions(info, batch)
+
+
+# masks and pairs ------------------------------------------------------------------------------------
+
+
+def test_blocking_mask_marks_exactly_the_pairs(batch):
+    pairs = [[(5, [1, 3])] if row == 0 else [] for row in range(len(batch.prompts))]
+    mask = blocking_mask(batch, pairs)
+    assert mask.shape == (len(batch.prompts), batch.input_ids.shape[1], batch.input_ids.shape[1])
+    assert mask.sum() == 2 and mask[0, 5, 1] and mask[0, 5, 3]
+
+
+def test_blocking_mask_refuses_bad_pairs(batch):
+    length = int(batch.attention_mask[0].sum())
+    with pytest.raises(ValueError, match="pairs has"):
+        blocking_mask(batch, [[]])
+    with pytest.raises(ValueError, match="cannot block"):
+        blocking_mask(batch, [[(length, [1])]] + _no_pairs(batch)[1:])
+    with pytest.raises(ValueError, match="from itself"):
+        blocking_mask(batch, [[(4, [4])]] + _no_pairs(batch)[1:])
+
+
+def test_condition_pairs_point_at_the_inputs(batch, inputs):
+    labels = label_demo_pairs(batch, inputs)
+    last = last_query_pairs(batch, inputs)
+    for row in range(len(batch.prompts)):
+        assert [q for q, _ in labels[row]] == batch.label_positions[row]
+        for (q, keys), demo in zip(labels[row], inputs.demos[row]):
+            assert keys == demo and max(keys) < q
+        assert last[row] == [(int(batch.last_positions[row]), inputs.query[row])]
+
+
+def test_random_pairs_match_sizes_and_avoid_the_blocked_keys(batch, inputs):
+    pairs = label_demo_pairs(batch, inputs)
+    control = random_pairs(pairs, seed=3)
+    assert control == random_pairs(pairs, seed=3)
+    for row_pairs, row_control in zip(pairs, control):
+        for (q, keys), (q2, keys2) in zip(row_pairs, row_control):
+            assert q2 == q and len(keys2) == len(keys) == len(set(keys2))
+            assert not set(keys2) & set(keys) and all(0 < k < q for k in keys2)
+    with pytest.raises(ValueError, match="other earlier positions"):
+        random_pairs([[(2, [1])]])
+
+
+# the knock-out itself --------------------------------------------------------------------------------
+
+
+def test_knocked_out_weights_are_zero_and_rows_sum_to_one(info, batch, inputs):
+    pairs = label_demo_pairs(batch, inputs)
+    blocked = blocking_mask(batch, pairs)
+    positions = all_positions(batch)
+    clean = run_with_trace(info, batch.input_ids, batch.attention_mask, positions, record=("attn", "logits"))
+    with knock_out(info, [0], blocked):
+        edited = run_with_trace(info, batch.input_ids, batch.attention_mask, positions, record=("attn", "logits"))
+    attn = edited.attn[0]  # (batch, heads, seq, seq)
+    assert attn.masked_select(blocked[:, None].expand_as(attn)).abs().max() == 0
+    assert clean.attn[0].masked_select(blocked[:, None].expand_as(attn)).max() > 0.01  # there was something to block
+    mask = batch.attention_mask.bool()
+    torch.testing.assert_close(attn.sum(-1)[mask[:, None].expand(-1, info.n_heads, -1)],
+                               torch.ones(int(mask.sum()) * info.n_heads), atol=1e-5, rtol=0)
+    # unblocked rows untouched; renormalised rows keep the clean ratios among the keys left
+    touched = blocked.any(-1)[:, None].expand(-1, info.n_heads, -1)
+    torch.testing.assert_close(attn[~touched], clean.attn[0][~touched], atol=0, rtol=0)
+    kept = clean.attn[0].masked_fill(blocked[:, None], 0)
+    torch.testing.assert_close(attn[touched], (kept / kept.sum(-1, keepdim=True))[touched], atol=1e-6, rtol=0)
+    # layer 1 was not knocked out, but it reads changed inputs, and the output changes
+    assert not torch.allclose(edited.logits[mask], clean.logits[mask], atol=1e-4)
+
+
+def test_knock_out_matches_minus_infinity_logits(info, batch, inputs):
+    """Zero-and-renormalise equals a -inf score before the softmax."""
+    blocked = blocking_mask(batch, last_query_pairs(batch, inputs))
+    with knock_out(info, [1], blocked):
+        ours = last_position_hidden(info, batch)
+
+    def minus_inf(layer, weights, query, key):
+        if layer != 1:
+            return None
+        return torch.softmax(weights.log().masked_fill(blocked[:, None], -torch.inf), dim=-1)
+
+    with tracing.edit_attention(info, minus_inf):
+        reference = last_position_hidden(info, batch)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_nothing_blocked_gives_the_clean_run(info, batch):
+    clean = last_position_hidden(info, batch)
+    with knock_out(info, range(info.n_layers), blocking_mask(batch, _no_pairs(batch))):
+        same = last_position_hidden(info, batch)
+    torch.testing.assert_close(same, clean, atol=0, rtol=0)
+
+
+def test_knock_out_checks_its_input(info, batch, inputs):
+    blocked = blocking_mask(batch, label_demo_pairs(batch, inputs))
+    with pytest.raises(ValueError, match="out of range"):
+        with knock_out(info, [info.n_layers], blocked):
+            pass
+    with pytest.raises(ValueError, match="seq, seq"):
+        with knock_out(info, [0], blocked[0]):
+            pass
+    with pytest.raises(ValueError, match="built for"):
+        with knock_out(info, [0], blocked[:2]):
+            last_position_hidden(info, batch)
+    assert not tracing._EDITORS  # removed after the exception
+    everything = torch.zeros_like(blocked)
+    everything[:, 3, :3] = True  # position 3 may read only itself ...
+    everything[:, 3, 3] = False
+    with knock_out(info, [0], everything):
+        last_position_hidden(info, batch)  # ... which is allowed
+
+
+def test_editor_removed_after_an_exception(info, batch, inputs):
+    blocked = blocking_mask(batch, label_demo_pairs(batch, inputs))
+    with pytest.raises(RuntimeError, match="boom"):
+        with knock_out(info, [0], blocked):
+            assert len(tracing._EDITORS) == 1
+            raise RuntimeError("boom")
+    assert not tracing._EDITORS
+    clean = last_position_hidden(info, batch)
+    torch.testing.assert_close(last_position_hidden(info, batch), clean, atol=0, rtol=0)
+
+
+# the cached last-position runs --------------------------------------------------------------------
+
+
+def test_last_position_runs_equal_full_runs(info, batch, inputs):
+    last = blocking_mask(batch, last_query_pairs(batch, inputs))
+    control = blocking_mask(batch, random_pairs(last_query_pairs(batch, inputs), seed=1))
+    settings = [((), None), ([0], last), (range(info.n_layers), last), ([1], control)]
+    fast = last_position_runs(info, batch, settings)
+    assert fast.shape == (len(settings), len(batch.prompts), info.d_model)
+    for (layers, blocked), got in zip(settings, fast):
+        with knock_out(info, layers, blocking_mask(batch, _no_pairs(batch)) if blocked is None else blocked):
+            expected = last_position_hidden(info, batch)
+        torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast[0], fast[2], atol=1e-3)  # the knock-out does something
+    assert not tracing._EDITORS
+
+
+def test_last_position_runs_refuse_other_rows(info, batch, inputs):
+    blocked = blocking_mask(batch, label_demo_pairs(batch, inputs))
+    with pytest.raises(ValueError, match="last position only"):
+        last_position_runs(info, batch, [([0], blocked)])
+    with pytest.raises(ValueError, match="out of range"):
+        last_position_runs(info, batch, [([-1], None)])
+
+
+def test_whole_text_pairs_cover_each_demonstration(batch, inputs):
+    labels = label_demo_pairs(batch, inputs, whole=True)
+    last = last_query_pairs(batch, inputs, whole=True)
+    for row in range(len(batch.prompts)):
+        positions = batch.label_positions[row]
+        for j, ((q, keys), demo) in enumerate(zip(labels[row], inputs.demos[row])):
+            assert q == positions[j] and set(demo) <= set(keys)
+            assert keys == list(range(positions[j - 1] + 1 if j else 1, q))
+        (q, keys), = last[row]
+        assert q == int(batch.last_positions[row]) and set(inputs.query[row]) <= set(keys)
+        assert keys[0] == positions[-1] + 1 and keys[-1] == q - 1
