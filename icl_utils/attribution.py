@@ -31,7 +31,7 @@ def frozen_norm(norm: nn.Module, at: torch.Tensor):
     module itself: norm(x) * rms(x) is the gain times x, which we divide by rms(at).
     """
     if isinstance(norm, nn.LayerNorm):
-        scale = norm.weight / torch.sqrt(at.var(-1, unbiased=False, keepdim=True) + norm.eps)
+        scale = norm.weight.detach().to(at.device) / torch.sqrt(at.var(-1, unbiased=False, keepdim=True) + norm.eps)
         return lambda x: (x - x.mean(-1, keepdim=True)) * scale
     eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
     rms = lambda x: torch.sqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)  # noqa: E731
@@ -75,8 +75,8 @@ def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor |
 
     neurons: indices to compute (all d_ff by default; chunk them, the full tensor is large).
     """
-    w_out = info.mlp_out_weight(layer)  # (d_model, d_ff)
     act = trace.mlp_act[layer]
+    w_out = info.mlp_out_weight(layer).detach().to(act.device)  # (d_model, d_ff); traces live on the CPU
     if neurons is not None:
         w_out, act = w_out[:, neurons], act[..., neurons]
     sub = act[..., :, None] * w_out.T.detach()
@@ -94,18 +94,20 @@ def target_log_probs(info, resid: torch.Tensor, final: torch.Tensor, targets: to
     The unembedding is read once, in vocabulary chunks, for all n vectors together: with a large
     vocabulary (Gemma: 262k x 640 floats = 670 MB) reading it, not the arithmetic, is the cost.
     """
-    x = frozen_norm(info.final_norm, final[:, None].float())(resid.float()) + norm_bias(info.final_norm)
-    w_u = info.unembed.weight.detach()  # (vocab, d)
+    w_u = info.unembed.weight.detach()  # (vocab, d), on the model's device (a GPU when there is one)
+    device = w_u.device
+    x = frozen_norm(info.final_norm, final[:, None].float())(resid.float()).to(device) + norm_bias(info.final_norm)
     bias_u = getattr(info.unembed, "bias", None)
-    bias_u = torch.zeros(w_u.shape[0]) if bias_u is None else bias_u.detach().float()
+    bias_u = torch.zeros(w_u.shape[0], device=device) if bias_u is None else bias_u.detach().float()
+    targets = targets.to(device)
     softcap = getattr(info.model.config, "final_logit_softcapping", None)
     cap = (lambda z: torch.tanh(z / softcap) * softcap) if softcap else (lambda z: z)  # noqa: E731
-    lse = torch.full(x.shape[:-1], -torch.inf)  # running logsumexp over the vocabulary
+    lse = torch.full(x.shape[:-1], -torch.inf, device=device)  # running logsumexp over the vocabulary
     for start in range(0, w_u.shape[0], vocab_chunk):
         z = cap(x @ w_u[start : start + vocab_chunk].float().T + bias_u[start : start + vocab_chunk])
         lse = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
     z_target = cap(torch.einsum("bnd,btd->bnt", x, w_u[targets].float()) + bias_u[targets][:, None])
-    return z_target - lse[..., None]
+    return (z_target - lse[..., None]).cpu()
 
 
 def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
@@ -200,9 +202,10 @@ def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress:
 
 def _vocab_logits(info, x: torch.Tensor, ln_f) -> torch.Tensor:
     """Logits (before any softcap) of residual vectors x (..., d) through a frozen final norm: (..., vocab)."""
-    z = (ln_f(x.float()) + norm_bias(info.final_norm)) @ info.unembed.weight.detach().float().T
+    w_u = info.unembed.weight.detach()
+    z = (ln_f(x.float()).to(w_u.device) + norm_bias(info.final_norm)) @ w_u.float().T
     bias_u = getattr(info.unembed, "bias", None)
-    return z if bias_u is None else z + bias_u.detach()
+    return (z if bias_u is None else z + bias_u.detach()).cpu()
 
 
 def _softcap(info, z: torch.Tensor) -> torch.Tensor:
@@ -226,7 +229,7 @@ def direct_logit_attribution(info, vectors: torch.Tensor, final: torch.Tensor, t
     which is the quantity that is additive over components.
     """
     ln_f = frozen_norm(info.final_norm, final[:, None].float())
-    rows = info.unembed.weight.detach().float()[targets]  # (batch, d) or (batch, t, d)
+    rows = info.unembed.weight.detach()[targets.to(info.device)].float().cpu()  # (batch, d) or (batch, t, d)
     moved = ln_f(vectors.float())  # (batch, n, d)
     return (moved @ rows[:, :, None])[..., 0] if targets.dim() == 1 else moved @ rows.transpose(1, 2)
 
@@ -309,7 +312,7 @@ def head_position_contributions(info, trace: Trace, layer: int, position: int = 
     """
     alpha = trace.attn[layer][:, :, position]  # (batch, heads, seq)
     alpha = alpha if weighted else torch.ones_like(alpha)
-    w_o = info.out_proj_weight(layer).detach().view(info.d_model, info.n_heads, info.d_head)
+    w_o = info.out_proj_weight(layer).detach().cpu().view(info.d_model, info.n_heads, info.d_head)
     terms = torch.einsum("bhp,bhpd,mhd->bhpm", alpha.float(), trace.v[layer].float(), w_o.float())
     norm = info.attn_out_norms[layer]
     if norm is None:

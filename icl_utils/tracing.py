@@ -132,7 +132,7 @@ def head_writes(info, trace: Trace, layer: int) -> torch.Tensor:
 
     Summed over heads (plus the projection's bias, if any) this is `trace.attn_out[layer]`.
     """
-    w_o = info.out_proj_weight(layer).view(info.d_model, info.n_heads, info.d_head)
+    w_o = info.out_proj_weight(layer).detach().to(trace.head_out[layer].device).view(info.d_model, info.n_heads, info.d_head)
     return torch.einsum("bphd,mhd->bphm", trace.head_out[layer], w_o)
 
 
