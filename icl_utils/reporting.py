@@ -35,3 +35,18 @@ def save_results(chapter: str, results: dict, claims: list = ()) -> Path:
     payload = {"chapter": chapter, "results": results, "claims": [asdict(c) for c in claims]}
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
+
+
+def load_results(chapter: str) -> dict:
+    """Read results/<chapter>.json back: {"chapter", "results", "claims" (Claim rows), "written"}.
+
+    "written" is the file's modification time (seconds since the epoch), so a reader can tell
+    results older than the chapter's source. A chapter that has not run raises FileNotFoundError.
+    """
+    path = RESULTS_DIR / f"{chapter}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run chapter {chapter} first (it ends with save_results)")
+    payload = json.loads(path.read_text())
+    payload["claims"] = [Claim(**c) for c in payload.get("claims", [])]
+    payload["written"] = path.stat().st_mtime
+    return payload

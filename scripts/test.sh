@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# README command 2: install, then run the tests in two tiers.
+# README command 2: install, then run the tests in three tiers.
 #   1. fast: unit tests on tiny random-weight models built in-process, plus the check that every
 #      chapters/*.ipynb is generated from its .py (seconds);
 #   2. slow: the embedded models loaded for real (tests/test_embedded_models.py), then every
 #      chapter executed with papermill on small parameters (chapters/smoke_parameters.yml) on the
-#      embedded default model, then the site built from those outputs with warnings as errors.
+#      embedded default model, then the site built from those outputs with warnings as errors;
+#   3. browser: every page of the built site loaded in headless Chromium with the network off
+#      (maths typeset, figures and widgets shown, no failed or external asset loads).
 # Each tier prints its wall time; chapter execution has a time budget (NOTEBOOK_BUDGET_S, seconds).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,4 +26,10 @@ echo "== slow tier (embedded models; all chapters executed on smoke parameters):
 t=$(date +%s)
 bash scripts/build_site.sh
 echo "== site build: $(( $(date +%s) - t )) s"
+
+t=$(date +%s)
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+command -v chromium >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null; }
+"$PYTHON" -m pytest -q -rP -m browser tests/test_site_browser.py
+echo "== site in headless Chromium, network off (screenshots in book/_build/screenshots/): $(( $(date +%s) - t )) s"
 echo "== total: $(( $(date +%s) - start )) s"

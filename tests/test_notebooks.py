@@ -64,4 +64,4 @@ def test_all_chapters_execute_with_small_parameters():
         images = sum("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
         assert images >= 1, f"{source.stem} produced no figure"
         results = json.loads((ROOT / "results" / f"{source.stem}.json").read_text())
-        assert results["claims"], f"{source.stem} wrote no paper-vs-book claims"
+        assert results["claims"] or results["results"].get("gathers_claims"), f"{source.stem} wrote no paper-vs-book claims"

