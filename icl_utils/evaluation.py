@@ -109,19 +109,69 @@ def last_position_hidden(info, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = True, desc: str = "scoring") -> ICLScores:
-    """Label-word logits at the last position of every prompt, in batches (one forward each)."""
+def last_position_hidden_shared_prefix(info, batch) -> torch.Tensor:
+    """As last_position_hidden, for prompts whose token ids share a prefix (the same demonstrations):
+    the prefix is run once and its keys and values are reused by every prompt's remaining tokens.
+
+    Exact: the remaining tokens attend to the same keys and values at the same positions as in a
+    full pass. Refused while a position-specific intervention is active (positions would shift).
+    """
+    from .tracing import positional_interventions_active
+
+    if positional_interventions_active():
+        raise RuntimeError(
+            "share_prefix=True cannot be combined with an intervention at chosen positions "
+            "(edit_attention, or ablate_heads/ablate_neurons with positions=...): score with share_prefix=False."
+        )
+    lengths = batch.attention_mask.sum(1)
+    ids = batch.input_ids
+    same = (ids == ids[:1]).long().cumprod(1).sum(1)  # common prefix with the first row, per row
+    shared = int(torch.minimum(same, lengths - 1).min())  # leave every row at least one token of its own
+    if shared == 0:
+        return last_position_hidden(info, batch)
+    device = info.device
+    prefix = info.decoder(input_ids=ids[:1, :shared].to(device), use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(len(ids))
+    rest = info.decoder(
+        input_ids=ids[:, shared:].to(device), attention_mask=batch.attention_mask.to(device),
+        past_key_values=cache, use_cache=True,
+    )
+    rows = torch.arange(len(ids))
+    return rest.last_hidden_state[rows, (batch.last_positions - shared).to(device)]
+
+
+def _prefix_groups(prompts: list, batch_size: int) -> list:
+    """Batches of at most batch_size prompts that share their demonstrations (same text before the query)."""
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p.demos), []).append(i)
+    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+
+
+@torch.no_grad()
+def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = True, desc: str = "scoring",
+                  share_prefix: bool = False) -> ICLScores:
+    """Label-word logits at the last position of every prompt, in batches (one forward each).
+
+    share_prefix: batch prompts that share their demonstrations (e.g. from build_prompt_groups)
+    and run the shared demonstrations once per batch: the same numbers, several times faster.
+    """
     classes = list(prompts[0].label_words)
     words = prompts[0].label_words
     ids = torch.tensor(label_token_ids(info.tokenizer, [words[c] for c in classes]))
-    rows, normalisers = [], []
-    for chunk in tqdm(list(batches(prompts, batch_size)), desc=desc, disable=not progress, leave=False):
-        hidden = last_position_hidden(info, encode_prompts(info, chunk))
+    order = _prefix_groups(prompts, batch_size) if share_prefix else [
+        list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
+    rows = torch.zeros(len(prompts), len(classes))
+    normalisers = torch.zeros(len(prompts))
+    for idx in tqdm(order, desc=desc, disable=not progress, leave=False):
+        batch = encode_prompts(info, [prompts[i] for i in idx])
+        hidden = (last_position_hidden_shared_prefix if share_prefix else last_position_hidden)(info, batch)
         logits = info.logits_from_final_hidden(hidden).float()
-        rows.append(logits[:, ids.to(hidden.device)].cpu())
-        normalisers.append(torch.logsumexp(logits, dim=-1).cpu())
+        rows[idx] = logits[:, ids.to(hidden.device)].cpu()
+        normalisers[idx] = torch.logsumexp(logits, dim=-1).cpu()
     gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(torch.cat(rows), gold, classes, dict(words), torch.cat(normalisers))
+    return ICLScores(rows, gold, classes, dict(words), normalisers)
 
 
 def spearman(a, b) -> float:

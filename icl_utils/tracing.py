@@ -22,6 +22,7 @@ import torch
 ATTENTION_NAME = "icl_utils_eager"
 _EDITORS: list = []  # callables (layer, weights, query, key) -> weights or None
 _RECORDERS: list = []  # callables (layer, query, key, value, weights) -> None
+_POSITIONAL: list = []  # one entry per active intervention at chosen positions (see positional_interventions_active)
 
 
 def recording_attention(
@@ -76,6 +77,12 @@ def _check_recording(info) -> None:
             "This model does not use icl_utils' attention function; load it with "
             "icl_utils.load_model(...) or call icl_utils.tracing.use_recording_attention(model)."
         )
+
+
+def positional_interventions_active() -> bool:
+    """True inside edit_attention, or ablate_heads/ablate_neurons at chosen positions: interventions
+    that index absolute positions, which a pass over part of a sequence would misplace."""
+    return bool(_EDITORS or _POSITIONAL)
 
 
 @contextmanager
@@ -280,6 +287,8 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
         for layer, head_list in by_layer.items():
             handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer, head_list))
             stack.callback(handle.remove)
+        if positions is not None:
+            stack.enter_context(_registered(_POSITIONAL, object()))
         yield
 
 
@@ -331,6 +340,8 @@ def ablate_neurons(info, neurons_by_layer: dict, positions=None, rows=None):
         for layer, idx in chosen.items():
             handle = info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(idx))
             stack.callback(handle.remove)
+        if positions is not None:
+            stack.enter_context(_registered(_POSITIONAL, object()))
         yield
 
 

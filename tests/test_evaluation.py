@@ -127,3 +127,50 @@ def test_gold_log_prob_is_the_full_vocabulary_log_probability(info, prompts):
     assert abs(scores.gold_log_prob() - expected) < 1e-4
     with pytest.raises(ValueError, match="normaliser"):
         ICLScores(scores.label_logits, scores.gold, scores.classes, scores.label_words).gold_log_prob()
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring prompts that share their demonstrations: the prefix is run once, the numbers must not move
+
+
+def _grouped(task):
+    from icl_utils.prompts import build_prompt_groups
+
+    groups = build_prompt_groups(task, n_groups=2, queries_per_group=4, demos_per_class=2, seed=3)
+    return [p for g in groups for p in g]
+
+
+def test_shared_prefix_scores_equal_full_passes(info, task):
+    prompts = _grouped(task)
+    full = score_prompts(info, prompts, batch_size=3, progress=False)
+    shared = score_prompts(info, prompts, batch_size=3, progress=False, share_prefix=True)
+    torch.testing.assert_close(shared.label_logits, full.label_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(shared.log_normaliser, full.log_normaliser, atol=1e-4, rtol=1e-4)
+    assert torch.equal(shared.gold, full.gold)  # results come back in the prompts' order
+
+
+def test_shared_prefix_scores_equal_full_passes_under_head_ablation(info, task):
+    from icl_utils import ablate_heads
+
+    prompts = _grouped(task)
+    heads = [(0, 1), (info.n_layers - 1, 0)]
+    with ablate_heads(info, heads):
+        full = score_prompts(info, prompts, batch_size=8, progress=False)
+        shared = score_prompts(info, prompts, batch_size=8, progress=False, share_prefix=True)
+    clean = score_prompts(info, prompts, batch_size=8, progress=False)
+    torch.testing.assert_close(shared.label_logits, full.label_logits, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(clean.label_logits, full.label_logits, atol=1e-3)  # the ablation did act
+
+
+def test_shared_prefix_refuses_position_specific_interventions(info, task):
+    from icl_utils import ablate_heads, edit_attention
+
+    prompts = _grouped(task)
+    last = encode_prompts(info, prompts).last_positions
+    with pytest.raises(RuntimeError, match="share_prefix"):
+        with edit_attention(info, lambda layer, w, q, k: None):
+            score_prompts(info, prompts, progress=False, share_prefix=True)
+    with pytest.raises(RuntimeError, match="share_prefix"):
+        with ablate_heads(info, [(0, 0)], positions=last[:, None]):
+            score_prompts(info, prompts, batch_size=len(prompts), progress=False, share_prefix=True)
+    score_prompts(info, prompts, progress=False, share_prefix=True)  # and works again afterwards
