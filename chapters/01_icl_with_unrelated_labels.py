@@ -36,7 +36,11 @@
 #
 # We compare three conditions: **foo/bar** labels, **meaningful** labels (the class names), and
 # **zero-shot** ($k = 0$). Queries never appear among their own demonstrations; queries are
-# balanced across classes; demonstrations are shuffled with a fixed seed.
+# balanced across classes; demonstrations are shuffled with a fixed seed. The prompts of one
+# condition come in groups of `QUERIES_PER_GROUP` queries sharing one set of demonstrations (several
+# sets per condition, every query different): the model then reads each set of demonstrations once
+# for the whole group (`score_prompts(..., share_prefix=True)`), the same numbers for a fraction of
+# the work.
 #
 # Small models put a prior on one label word whatever the input, so raw accuracy understates how
 # well they separate the classes. We report three numbers:
@@ -78,6 +82,7 @@ COMPARE_MODELS = ["gemma3-270m", "smollm2-135m"]  # models compared at k = 8 to 
 TASKS = ["animal_vehicle", "sentiment_words", "fruit_colour", "topic_sentences"]  # any of iu.available_tasks(), a file, or "sst2"
 DEMOS_PER_CLASS = [0, 1, 2, 4, 8]
 N_PROMPTS = 32  # per task, condition and k (queries balanced over the two classes)
+QUERIES_PER_GROUP = 8  # prompts come in groups sharing one set of demonstrations (run once per group)
 SEED = 0
 BATCH_SIZE = 16
 
@@ -117,9 +122,14 @@ print("label token ids:", dict(zip(iu.FOO_BAR, iu.label_token_ids(info.tokenizer
 
 # %%
 def evaluate(info, task_name, label_words, k):
+    """Scores of N_PROMPTS prompts: N_PROMPTS / QUERIES_PER_GROUP demonstration sets, each with its
+    own queries; each set's demonstrations are run once for all its queries (share_prefix)."""
     task = iu.load_task(task_name)
-    prompts = iu.build_prompts(task, N_PROMPTS, demos_per_class=k, label_words=label_words, seed=SEED)
-    scores = iu.score_prompts(info, prompts, batch_size=BATCH_SIZE, progress=False)
+    per_group = min(QUERIES_PER_GROUP, N_PROMPTS)
+    groups = iu.build_prompt_groups(task, -(-N_PROMPTS // per_group), per_group, demos_per_class=k,
+                                    label_words=label_words, seed=SEED, distinct_queries=True)
+    prompts = [p for group in groups for p in group][:N_PROMPTS]
+    scores = iu.score_prompts(info, prompts, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
     return {"model": info.name, "task": task_name, "labels": label_words, "k": k, **scores.summary()}
 
 

@@ -65,9 +65,10 @@ OTHER_TASK = "animal_vehicle"  # ranked too: are the in-context heads the same f
 DEMOS_PER_CLASS = 8
 N_RANK_PROMPTS = 32  # prompts used to rank the heads (per task)
 N_EVAL_PROMPTS = 32  # held-out prompts (another seed) used to test the ablations
+QUERIES_PER_GROUP = 8  # held-out and sweep prompts come in groups sharing their demonstrations (run once per group)
 HEAD_FRACTIONS = [0.005, 0.01, 0.02, 0.05, 0.10]  # share of all heads to zero (at least one head)
 N_RANDOM = 5  # random head sets per size
-N_SWEEP_PROMPTS = 8  # ranking prompts reused for the one-head-at-a-time ablation sweep (the slow baseline)
+N_SWEEP_PROMPTS = 8  # prompts for the one-head-at-a-time ablation sweep (the slow baseline), one group
 SEED = 0
 BATCH_SIZE = 8
 
@@ -92,7 +93,18 @@ start = time.time()
 info = iu.load_model(MODEL)
 task = iu.load_task(TASK)
 rank_prompts = iu.build_prompts(task, N_RANK_PROMPTS, demos_per_class=DEMOS_PER_CLASS, seed=SEED)
-eval_prompts = iu.build_prompts(task, N_EVAL_PROMPTS, demos_per_class=DEMOS_PER_CLASS, seed=SEED + 1)
+
+
+def grouped_prompts(n_prompts, seed):
+    """n_prompts prompts in groups of QUERIES_PER_GROUP that share their demonstrations: scoring runs
+    each group's demonstrations once (score_prompts(share_prefix=True)), the same numbers for less work."""
+    per_group = min(QUERIES_PER_GROUP, n_prompts)
+    groups = iu.build_prompt_groups(task, -(-n_prompts // per_group), per_group, demos_per_class=DEMOS_PER_CLASS,
+                                    seed=seed, distinct_queries=True)
+    return [p for group in groups for p in group][:n_prompts]
+
+
+eval_prompts = grouped_prompts(N_EVAL_PROMPTS, seed=SEED + 1)
 words = rank_prompts[0].label_words  # class -> label word (foo/bar)
 foo_word, bar_word = words[task.classes[0]], words[task.classes[1]]
 all_heads = [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
@@ -197,8 +209,11 @@ print(f"{TASK} vs {OTHER_TASK}: Spearman correlation of S over all heads {task_r
 # ## Does the cheap ranking agree with zeroing heads one at a time?
 #
 # The slow way to find important heads is to zero each head alone and watch what falls: one
-# forward pass per head and prompt. We run it on some of the ranking prompts and time both methods
-# on the same prompts. Two things can fall, and they are not the same:
+# forward pass per head and prompt. We run it on a group of prompts that share their demonstrations
+# (so each zeroed pass runs the demonstrations once for the whole group: `score_prompts(...,
+# share_prefix=True)`, already a strong speed-up of the plain sweep), rank the heads by $S$ on the
+# same prompts, and time both; `benchmarks/run_benchmarks.py` times the plain sweep without that
+# sharing. Two things can fall, and they are not the same:
 #
 # * $\log p(\text{gold label word})$ over the whole vocabulary: the quantity $S$ scores, but $S$
 #   counts only the head's *direct* write, while zeroing also removes what later layers do with it;
@@ -207,14 +222,14 @@ print(f"{TASK} vs {OTHER_TASK}: Spearman correlation of S over all heads {task_r
 #   towards one of them, barely moves the mean margin.
 
 # %%
-sweep_prompts = rank_prompts[:N_SWEEP_PROMPTS]
+sweep_prompts = grouped_prompts(N_SWEEP_PROMPTS, seed=SEED + 2)
 t0 = time.time()
-base = iu.score_prompts(info, sweep_prompts, batch_size=BATCH_SIZE, progress=False)
+base = iu.score_prompts(info, sweep_prompts, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
 sweep_drop = torch.zeros(info.n_layers, info.n_heads)  # fall of mean log p(gold word)
 margin_drop = torch.zeros(info.n_layers, info.n_heads)  # fall of the mean gold-vs-other logit margin
 for l, h in tqdm(all_heads, desc="zeroing one head at a time"):
     with iu.ablate_heads(info, [(l, h)]):
-        zeroed = iu.score_prompts(info, sweep_prompts, batch_size=BATCH_SIZE, progress=False)
+        zeroed = iu.score_prompts(info, sweep_prompts, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
     sweep_drop[l, h] = base.gold_log_prob() - zeroed.gold_log_prob()
     margin_drop[l, h] = base.gold_logit_margin() - zeroed.gold_logit_margin()
 sweep_seconds_per_prompt = (time.time() - t0) / N_SWEEP_PROMPTS
@@ -246,7 +261,10 @@ plt.show()
 # %% [markdown]
 # ## Zeroing the top heads on held-out prompts
 #
-# Each head set is zeroed at every position. Metrics on the held-out prompts: accuracy calibrated
+# Each head set is zeroed at every position. The held-out prompts come in groups of
+# `QUERIES_PER_GROUP` queries that share one set of demonstrations (several sets in all), which
+# makes each zeroed run several times cheaper; the accuracies' standard errors below treat the
+# prompts as independent, which is a little optimistic. Metrics on the held-out prompts: accuracy calibrated
 # with the *unablated* model's label prior (so a shift towards one label shows up instead of being
 # calibrated away), accuracy per gold label, the mean logit margin of the gold label word, and the
 # AUC of the foo-bar logit difference: the AUC ignores any shift towards one label and asks only
@@ -255,13 +273,13 @@ plt.show()
 # criterion); top by the one-head-at-a-time sweep; random heads (several draws).
 
 # %%
-clean = iu.score_prompts(info, eval_prompts, batch_size=BATCH_SIZE, progress=False)
+clean = iu.score_prompts(info, eval_prompts, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
 foo_minus_bar = lambda s: (s.label_logits[:, 0] - s.label_logits[:, 1]).float()  # noqa: E731
 
 
 def evaluate(heads, name, size, draw=0):
     with iu.ablate_heads(info, heads):
-        s = iu.score_prompts(info, eval_prompts, batch_size=BATCH_SIZE, progress=False)
+        s = iu.score_prompts(info, eval_prompts, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
     per = s.per_class_accuracy("batch", reference=clean)
     shift = foo_minus_bar(s) - foo_minus_bar(clean)  # how far zeroing moved each prompt towards foo
     return {"heads": name, "n": size, "draw": draw, "accuracy": s.accuracy("batch", reference=clean),

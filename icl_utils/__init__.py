@@ -7,6 +7,7 @@ from .prompts import (
     FOO_BAR,
     PromptBatch,
     PromptFormat,
+    build_prompt_groups,
     build_prompts,
     encode_prompts,
     label_token_ids,
@@ -19,7 +20,7 @@ __all__ = [
     "DEFAULT_MODEL", "EMBEDDED_MODELS", "FOO_BAR", "HeadRanking", "ICLScores", "LabelWordError",
     "ModelInfo", "ModelNotAvailableError", "PromptBatch", "PromptFormat", "PromptTooLongError",
     "Task", "TaskFormatError", "Trace", "ablate_heads", "ablate_neurons", "available_tasks",
-    "build_prompts", "describe_model", "edit_attention", "encode_prompts", "find_in_context_heads",
+    "build_prompt_groups", "build_prompts", "describe_model", "edit_attention", "encode_prompts", "find_in_context_heads",
     "head_writes", "label_token_ids", "load_model", "load_task", "rank_heads", "render_prompt",
     "run_with_trace", "score_prompts", "top_heads",
 ]

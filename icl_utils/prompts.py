@@ -130,22 +130,32 @@ def build_prompt_groups(
     label_words="foo/bar",
     seed: int = 0,
     fmt: PromptFormat = PromptFormat(),
+    distinct_queries: bool = False,
 ) -> list:
     """`n_groups` lists of prompts; the prompts of one group share their demonstrations (same
     inputs, same order) and differ only in the query, balanced over the classes.
 
     For comparisons across inputs with the context held fixed (e.g. what changes in a head
-    when the prediction flips from foo to bar). Queries never appear among the demonstrations.
+    when the prediction flips from foo to bar), and for cheap evaluation: score_prompts(...,
+    share_prefix=True) runs each group's demonstrations once. distinct_queries: every group gets
+    its own queries (for accuracy estimates); by default all groups ask the same queries.
+    Queries never appear among the demonstrations.
     """
     rng = random.Random(seed)
     words = label_words_for(task, label_words)
     counts = demos_per_class if isinstance(demos_per_class, dict) else {c: demos_per_class for c in task.classes}
-    query_pool, demo_pool = split_task(task, -(-queries_per_group // len(task.classes)), seed)
+    per_class = -(-queries_per_group // len(task.classes))
+    query_pool, demo_pool = split_task(task, per_class * (n_groups if distinct_queries else 1), seed)
+    for cls, n in counts.items():
+        if n > len(demo_pool[cls]):
+            raise ValueError(f"{n} demonstrations of '{cls}' requested, only {len(demo_pool[cls])} left "
+                             f"after setting aside the queries.")
     groups = []
-    for _ in range(n_groups):
+    for g in range(n_groups):
         demos = [(x, c) for c in task.classes for x in rng.sample(demo_pool[c], counts[c])]
         rng.shuffle(demos)
-        queries = [(query_pool[task.classes[i % len(task.classes)]][i // len(task.classes)], task.classes[i % len(task.classes)])
+        first = g * per_class if distinct_queries else 0
+        queries = [(query_pool[task.classes[i % len(task.classes)]][first + i // len(task.classes)], task.classes[i % len(task.classes)])
                    for i in range(queries_per_group)]
         groups.append([render_prompt(demos, q, gold, words, fmt) for q, gold in queries])
     return groups

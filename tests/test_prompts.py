@@ -225,3 +225,18 @@ def test_input_positions_refuse_a_mismatched_format_or_batch(info, task):
     batch.input_ids[0, 1] += 1
     with pytest.raises(ValueError, match="not prompt 0"):
         input_positions(info, batch)
+
+
+def test_prompt_groups_with_distinct_queries(task):
+    from icl_utils.prompts import build_prompt_groups
+
+    groups = build_prompt_groups(task, n_groups=3, queries_per_group=2, demos_per_class=2, seed=1, distinct_queries=True)
+    queries = [p.query for g in groups for p in g]
+    assert len(set(queries)) == len(queries) == 6  # no query repeats across groups
+    for g in groups:
+        assert len({tuple(p.demos) for p in g}) == 1  # one demonstration set per group
+        assert [p.gold for p in g] == task.classes  # balanced within the group
+        demo_inputs = {x for x, _ in g[0].demos}
+        assert not demo_inputs & set(queries)  # queries never among the demonstrations
+    same = build_prompt_groups(task, n_groups=3, queries_per_group=2, demos_per_class=2, seed=1)
+    assert len({p.query for g in same for p in g}) == 2  # the default: every group asks the same queries
