@@ -1,0 +1,376 @@
+"""Function-vector (FV) heads (Todd et al. 2024; Yin & Steinhardt 2025) on word tasks x -> y.
+
+A prompt holds demonstrations `Q: x\\nA: y` and a query `Q: x\\nA:`; the answer is scored by the
+first token of " y". A head's FV score: take the mean of its output at the last token (the input of
+the output projection, before W_O) over *clean* prompts; patch that mean into prompts whose
+demonstration labels are shuffled, at the last token; the score is the rise in the probability of
+the correct answer's first token, averaged over prompts and tasks.
+
+Everything here intervenes at the last token only, so the rest of a prompt runs once: its keys and
+values are cached and the last token is run for many rows at once, each row with its own
+intervention (`last_token_logits` inside `patch_heads_per_row` or `add_per_row`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .tasks import DATA_DIR
+from .tracing import _per_layer, run_with_trace
+
+FV_TASK_DIR = DATA_DIR / "fv_tasks"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks and prompts
+
+
+def available_fv_tasks() -> list:
+    """Names of the word tasks that ship in data/fv_tasks/."""
+    return sorted(p.stem for p in FV_TASK_DIR.glob("*.jsonl"))
+
+
+def load_fv_task(name_or_path: str) -> list:
+    """[(input, output), ...] from data/fv_tasks/<name>.jsonl or a JSONL path with those keys."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = FV_TASK_DIR / f"{name_or_path}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"No FV task {name_or_path!r}; shipped tasks: {available_fv_tasks()}")
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if not {"input", "output"} <= set(row):
+                raise ValueError(f"{path}:{n}: each line needs 'input' and 'output', got {sorted(row)}")
+            pairs.append((row["input"], row["output"]))
+    return pairs
+
+
+@dataclass(frozen=True)
+class FVFormat:
+    input_prefix: str = "Q: "
+    output_prefix: str = "\nA:"
+    separator: str = "\n\n"
+
+    def demo(self, x: str, y: str) -> str:
+        return f"{self.input_prefix}{x}{self.output_prefix} {y}"
+
+    def query(self, x: str) -> str:
+        return f"{self.input_prefix}{x}{self.output_prefix}"
+
+
+QA = FVFormat()  # Todd et al.'s format
+ARROW = FVFormat("", " ->", "\n")  # "x -> y", one demonstration per line
+
+
+@dataclass
+class FVPrompt:
+    text: str
+    query: str
+    answer: str  # the correct output; scored by the first token of " " + answer
+    task: str = ""
+
+
+def build_fv_prompts(pairs: list, n_prompts: int, n_demos: int = 10, seed: int = 0, fmt: FVFormat = QA,
+                     shuffle_labels: bool = False, task: str = "") -> list:
+    """`n_prompts` prompts, each a different query with `n_demos` other pairs as demonstrations.
+
+    shuffle_labels: the same prompts (same seed, same queries and demonstration inputs) with the
+    demonstrations' outputs permuted so that no demonstration keeps its own output.
+    """
+    if n_prompts > len(pairs) or n_demos + 1 > len(pairs):
+        raise ValueError(f"{len(pairs)} pairs cannot give {n_prompts} distinct queries with {n_demos} demonstrations each")
+    rng, shuffler = random.Random(seed), random.Random(seed + 1)
+    queries = rng.sample(range(len(pairs)), n_prompts)
+    prompts = []
+    for q in queries:
+        demos = [pairs[i] for i in rng.sample([i for i in range(len(pairs)) if i != q], n_demos)]
+        outputs = [y for _, y in demos]
+        if shuffle_labels and n_demos > 1:
+            order = list(range(n_demos))
+            while any(i == j for i, j in enumerate(order)):
+                shuffler.shuffle(order)
+            outputs = [outputs[j] for j in order]
+        text = "".join(fmt.demo(x, y) + fmt.separator for (x, _), y in zip(demos, outputs))
+        prompts.append(FVPrompt(text + fmt.query(pairs[q][0]), pairs[q][0], pairs[q][1], task))
+    return prompts
+
+
+def zero_shot_prompts(prompts: list, fmt: FVFormat = QA) -> list:
+    """The same queries with no demonstrations."""
+    return [FVPrompt(fmt.query(p.query), p.query, p.answer, p.task) for p in prompts]
+
+
+def answer_ids(tokenizer, prompts: list) -> torch.Tensor:
+    """First token of " " + answer for each prompt: what the model must predict next."""
+    return torch.tensor([tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"][0] for p in prompts])
+
+
+def encode_texts(info, texts: list) -> tuple:
+    """Right-padded (input_ids, attention_mask, last_positions) for plain texts."""
+    rows = [info.tokenizer(t)["input_ids"] for t in texts]
+    length = max(len(r) for r in rows)
+    pad = info.tokenizer.pad_token_id if info.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    return ids, mask, torch.tensor([len(r) - 1 for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# Clean runs: accuracy and mean head outputs
+
+
+@dataclass
+class FVRun:
+    head_out: torch.Tensor  # (n_prompts, n_layers, n_heads, d_head) each head's last-token output
+    answer_prob: torch.Tensor  # (n_prompts,) probability of the answer's first token
+    correct: torch.Tensor  # (n_prompts,) bool: that token is the model's top prediction
+
+
+def run_fv_prompts(info, prompts: list, batch_size: int = 8, progress: bool = False) -> FVRun:
+    """One traced pass per batch: last-token head outputs and the answer's probability."""
+    answers = answer_ids(info.tokenizer, prompts)
+    heads, probs, correct = [], [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="clean prompts", disable=not progress, leave=False):
+        chunk = prompts[start : start + batch_size]
+        ids, mask, last = encode_texts(info, [p.text for p in chunk])
+        trace = run_with_trace(info, ids, mask, last, record=("head_out", "logits"))
+        heads.append(torch.stack([trace.head_out[l][:, 0] for l in range(info.n_layers)], 1))
+        logits = trace.logits[:, 0]
+        gold = answers[start : start + batch_size]
+        probs.append(torch.softmax(logits, -1).gather(1, gold[:, None])[:, 0])
+        correct.append(logits.argmax(-1) == gold)
+    return FVRun(torch.cat(heads).float(), torch.cat(probs), torch.cat(correct))
+
+
+# ----------------------------------------------------------------------------------------------
+# Interventions that differ from row to row of a batch
+
+
+@contextmanager
+def patch_heads_per_row(info, row_heads: list, values: torch.Tensor, positions=None):
+    """Row r of the next batch gets the heads in row_heads[r] (a list of (layer, head)) replaced by
+    values[layer, head] (values: (n_layers, n_heads, d_head), e.g. mean outputs), before the output
+    projection. positions: None for every position, or a (batch,) LongTensor: one position per row.
+
+    With one head per row this is activation patching of many heads in one pass; with a head set
+    per row it is many mean ablations in one pass (ablate_heads(mode="mean") applied row by row).
+    """
+    pairs_by_layer: dict = {}
+    for row, heads in enumerate(row_heads):
+        for layer, head in _per_layer(info, heads).items():
+            pairs_by_layer.setdefault(layer, []).extend((row, h) for h in head)
+
+    def make_hook(layer, pairs):
+        rows = torch.tensor([r for r, _ in pairs])
+        heads = torch.tensor([h for _, h in pairs])
+
+        def hook(module, args):
+            x = args[0]
+            if x.shape[0] != len(row_heads):
+                raise ValueError(f"patch_heads_per_row got {len(row_heads)} rows of heads but the batch has {x.shape[0]} rows")
+            x = x.view(*x.shape[:-1], info.n_heads, info.d_head).clone()
+            new = values[layer, heads].to(x.device, x.dtype)  # (n_pairs, d_head)
+            r, h = rows.to(x.device), heads.to(x.device)
+            if positions is None:
+                x[r, :, h] = new[:, None]
+            else:
+                x[r, torch.as_tensor(positions, device=x.device)[r], h] = new
+            return (x.flatten(-2),) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, pairs in pairs_by_layer.items():
+            stack.callback(info.out_projs[layer].register_forward_pre_hook(make_hook(layer, pairs)).remove)
+        yield
+
+
+@contextmanager
+def add_per_row(info, row_additions: list, positions=None):
+    """Row r of the next batch gets vector v added to the residual stream entering layer l, where
+    row_additions[r] = (l, v) (v: (d_model,)), or nothing where it is None. positions: None for every
+    position, or a (batch,) LongTensor. Adding a function vector to a middle layer is this."""
+    by_layer: dict = {}
+    for row, addition in enumerate(row_additions):
+        if addition is not None:
+            layer, vector = addition
+            if not 0 <= layer < info.n_layers:
+                raise ValueError(f"Layer {layer} out of range: the model has {info.n_layers} layers.")
+            by_layer.setdefault(int(layer), []).append((row, vector))
+
+    def make_hook(rows_vectors):
+        rows = torch.tensor([r for r, _ in rows_vectors])
+        vectors = torch.stack([v for _, v in rows_vectors])
+
+        def hook(module, args, kwargs):
+            in_args = bool(args)
+            hidden = (args[0] if in_args else kwargs["hidden_states"]).clone()
+            r, v = rows.to(hidden.device), vectors.to(hidden.device, hidden.dtype)
+            if positions is None:
+                hidden[r] += v[:, None]
+            else:
+                hidden[r, torch.as_tensor(positions, device=hidden.device)[r]] += v
+            if in_args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+        return hook
+
+    with ExitStack() as stack:
+        for layer, rows_vectors in by_layer.items():
+            handle = info.layers[layer].register_forward_pre_hook(make_hook(rows_vectors), with_kwargs=True)
+            stack.callback(handle.remove)
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Many rows at the last token of one prompt
+
+
+@torch.no_grad()
+def prefix_cache(info, ids: torch.Tensor):
+    """Run every token of one prompt but the last (ids: (seq,)) and keep their keys and values."""
+    out = info.decoder(input_ids=ids[None, :-1].to(info.device), use_cache=True)
+    return out.past_key_values
+
+
+@torch.no_grad()
+def last_token_logits(info, ids: torch.Tensor, n_rows: int, cache) -> torch.Tensor:
+    """Next-token logits at the last token of one prompt, for `n_rows` copies of it in one batch:
+    (n_rows, vocab). The other tokens come from `cache` = prefix_cache(info, ids), computed *outside*
+    any intervention; interventions active during this call (hooks at "every position") then act on
+    the last token only: exactly what patching or ablating at the last position does, since earlier
+    positions cannot see the last one. The cache is copied, so it can be reused."""
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(n_rows)
+    last = ids[-1:].to(info.device).expand(n_rows, 1)
+    position = torch.tensor([len(ids) - 1], device=info.device)
+    out = info.decoder(input_ids=last, past_key_values=cache, cache_position=position,
+                       position_ids=position.expand(n_rows, 1), use_cache=True)
+    return info.logits_from_final_hidden(out.last_hidden_state[:, 0]).float()
+
+
+def patched_answers(info, prompts: list, row_heads: list, values, max_rows: int = 128,
+                    progress: bool = False, desc: str = "patched runs") -> tuple:
+    """For every prompt and every row of heads (see patch_heads_per_row; [] = no intervention),
+    the answer's probability and whether it is the top token, with the heads set to `values` at the
+    last position. values: (n_layers, n_heads, d_head), or a function prompt -> such a tensor (e.g.
+    the means of the prompt's own task). Returns (prob, correct), each (n_prompts, n_rows)."""
+    answers = answer_ids(info.tokenizer, prompts)
+    probs = torch.zeros(len(prompts), len(row_heads))
+    correct = torch.zeros(len(prompts), len(row_heads), dtype=torch.bool)
+    for i, p in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
+        ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
+        cache = prefix_cache(info, ids)
+        v = values(p) if callable(values) else values
+        for start in range(0, len(row_heads), max_rows):
+            rows = row_heads[start : start + max_rows]
+            with patch_heads_per_row(info, rows, v):
+                logits = last_token_logits(info, ids, len(rows), cache)
+            probs[i, start : start + len(rows)] = torch.softmax(logits, -1)[:, answers[i]].cpu()
+            correct[i, start : start + len(rows)] = (logits.argmax(-1) == answers[i]).cpu()
+    return probs, correct
+
+
+def all_heads(info) -> list:
+    return [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+
+
+def fv_scores_exact(info, corrupted: list, values, max_rows: int = 128, progress: bool = False) -> torch.Tensor:
+    """Each head's indirect effect per prompt: p(answer) with the head's mean patched in at the last
+    token of a shuffled-label prompt, minus p(answer) unpatched. (n_prompts, n_layers, n_heads)."""
+    heads = all_heads(info)
+    probs, _ = patched_answers(info, corrupted, [[]] + [[h] for h in heads], values, max_rows, progress, "exact patching")
+    return (probs[:, 1:] - probs[:, :1]).view(len(corrupted), info.n_layers, info.n_heads)
+
+
+def fv_scores_attribution(info, corrupted: list, values, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+    """Attribution patching: the first-order estimate of fv_scores_exact from one forward and one
+    backward pass per batch, grad of p(answer) w.r.t. each head's last-token output times
+    (mean - corrupted output). (n_prompts, n_layers, n_heads)."""
+    answers = answer_ids(info.tokenizer, corrupted)
+    out = []
+    for start in tqdm(range(0, len(corrupted), batch_size), desc="attribution patching", disable=not progress, leave=False):
+        chunk = corrupted[start : start + batch_size]
+        ids, mask, last = encode_texts(info, [p.text for p in chunk])
+        rows = torch.arange(len(chunk))
+        deltas, seen = {}, {}
+
+        def make_hook(layer):
+            def hook(module, args):
+                x = args[0].clone()
+                seen[layer] = x[rows, last.to(x.device)].detach()
+                deltas[layer] = torch.zeros_like(seen[layer], requires_grad=True)
+                x[rows, last.to(x.device)] = x[rows, last.to(x.device)] + deltas[layer]
+                return (x,) + tuple(args[1:])
+            return hook
+
+        with ExitStack() as stack, torch.enable_grad():
+            for layer in range(info.n_layers):
+                stack.callback(info.out_projs[layer].register_forward_pre_hook(make_hook(layer)).remove)
+            hidden = info.decoder(input_ids=ids.to(info.device), attention_mask=mask.to(info.device), use_cache=False).last_hidden_state
+            logits = info.logits_from_final_hidden(hidden[rows, last.to(hidden.device)]).float()
+            prob = torch.softmax(logits, -1)[rows, answers[start : start + len(chunk)].to(logits.device)]
+            grads = torch.autograd.grad(prob.sum(), [deltas[l] for l in range(info.n_layers)])
+        for b, p in enumerate(chunk):
+            v = values(p) if callable(values) else values
+            score = torch.stack([
+                ((v[l].to(grads[l].device) - seen[l][b].view(info.n_heads, info.d_head).float())
+                 * grads[l][b].view(info.n_heads, info.d_head).float()).sum(-1)
+                for l in range(info.n_layers)])
+            out.append(score.cpu())
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The function vector
+
+
+def function_vector(info, values: torch.Tensor, heads: list) -> torch.Tensor:
+    """sum over heads of W_O^h values[l, h]: what those heads write into the residual stream when
+    they output `values` (their means). (d_model,)
+
+    Where a norm sits between the attention output and the residual stream (Gemma's post-attention
+    norm), each layer's part goes through that norm linearised at the layer's whole output for
+    these values (attribution.frozen_norm), so a layer's heads add up to what the layer writes.
+    """
+    from .attribution import frozen_norm
+
+    total = torch.zeros(info.d_model)
+    for layer, layer_heads in _per_layer(info, heads).items():
+        w_o = info.out_proj_weight(layer).detach().float().cpu()
+        v = values[layer].float().cpu()  # (n_heads, d_head)
+        part = sum(info.head_out_weight(layer, h).detach().float().cpu() @ v[h] for h in layer_heads)
+        norm = info.attn_out_norms[layer]
+        if norm is not None:
+            whole = w_o @ v.flatten()
+            bias = getattr(info.out_projs[layer], "bias", None)
+            if bias is not None:
+                whole = whole + bias.detach().float().cpu()
+            part = frozen_norm(norm, whole)(part).float().cpu()
+        total += part
+    return total
+
+
+def answers_with_additions(info, prompts: list, row_additions: list, progress: bool = False) -> tuple:
+    """Like patched_answers, with add_per_row: each row adds its (layer, vector) at the last token."""
+    answers = answer_ids(info.tokenizer, prompts)
+    probs = torch.zeros(len(prompts), len(row_additions))
+    correct = torch.zeros(len(prompts), len(row_additions), dtype=torch.bool)
+    for i, p in enumerate(tqdm(prompts, desc="adding vectors", disable=not progress, leave=False)):
+        ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
+        cache = prefix_cache(info, ids)  # outside the hooks: the additions act on the last token only
+        with add_per_row(info, row_additions):
+            logits = last_token_logits(info, ids, len(row_additions), cache)
+        probs[i] = torch.softmax(logits, -1)[:, answers[i]].cpu()
+        correct[i] = (logits.argmax(-1) == answers[i]).cpu()
+    return probs, correct
