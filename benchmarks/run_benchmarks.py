@@ -141,16 +141,56 @@ def section_ranking(model: str, args) -> dict:
 
 
 def section_fv(model: str, args) -> dict:
-    try:
-        from icl_utils import function_vectors as fv
-    except ImportError:
-        return {"skipped": "icl_utils.function_vectors is not available"}
-    if not hasattr(fv, "benchmark_scoring"):
-        return {"skipped": "icl_utils.function_vectors has no benchmark_scoring()"}
+    """FV scores of every head on shuffled-label prompts, three ways (chapter 8): one full forward
+    pass per head (the plain way), all heads as rows of one batch over a cached prefix
+    (fv_scores_exact), and attribution patching (fv_scores_attribution)."""
+    import torch
+
     import icl_utils as iu
+    from icl_utils import function_vectors as fv
+    from icl_utils.evaluation import spearman
 
     info = iu.load_model(model, device="cpu")
-    return fv.benchmark_scoring(info, n_prompts=args.fv_prompts)
+    pairs = fv.load_fv_task("country_capital")
+    build = lambda shuffle: fv.build_fv_prompts(pairs, args.fv_prompts, 10, seed=0, fmt=fv.ARROW,  # noqa: E731
+                                                shuffle_labels=shuffle, task="country_capital")
+    means = fv.run_fv_prompts(info, build(False)).head_out.mean(0)  # (layers, heads, d_head)
+    corrupted = build(True)
+    t0 = time.perf_counter()
+    batched = fv.fv_scores_exact(info, corrupted, means)
+    batched_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    attribution = fv.fv_scores_attribution(info, corrupted, means)
+    attribution_s = time.perf_counter() - t0
+
+    # the plain way, on the first prompt: one full forward per head with its mean at the last token
+    prompt = corrupted[0]
+    ids, mask, last = fv.encode_texts(info, [prompt.text])
+    answer = int(fv.answer_ids(info.tokenizer, [prompt])[0])
+    heads = fv.all_heads(info)
+
+    def p_answer():
+        with torch.no_grad():
+            hidden = info.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[0, -1]
+        return torch.softmax(info.logits_from_final_hidden(hidden[None]).float(), -1)[0, answer].item()
+
+    t0 = time.perf_counter()
+    base = p_answer()
+    plain = torch.zeros(info.n_layers, info.n_heads)
+    for l, h in heads:
+        with iu.ablate_heads(info, [(l, h)], positions=last[:, None], mode="mean", means={(l, h): means[l, h]}):
+            plain[l, h] = p_answer() - base
+    plain_s = (time.perf_counter() - t0) * len(corrupted)  # scaled to all prompts
+    k = max(1, round(0.05 * len(heads)))
+    top = lambda x: set(iu.top_heads(x, k))  # noqa: E731
+    return {
+        "n_prompts": len(corrupted), "n_heads": len(heads),
+        "plain_s": plain_s, "batched_s": batched_s, "attribution_s": attribution_s,
+        "batched_speedup": plain_s / batched_s, "attribution_speedup": plain_s / attribution_s,
+        "batched_vs_plain_max_abs_diff": float((batched[0] - plain).abs().max()),
+        "attribution_vs_exact_spearman": spearman(attribution.mean(0), batched.mean(0)),
+        f"attribution_vs_exact_top{k}_overlap": len(top(attribution.mean(0)) & top(batched.mean(0))) / k,
+    }
 
 
 def section_scaling(model: str, args) -> dict:
@@ -229,6 +269,14 @@ def report(results: dict) -> None:
                       f"s/prompt vs one-head-at-a-time sweep {figures['sweep_s_per_prompt']:.2f} s/prompt "
                       f"(timed on {figures['swept_heads']} heads, scaled to all): {r:.0f}x "
                       f"({verdict(r, BUDGETS['ranking_speedup'], True)} >= {BUDGETS['ranking_speedup']:.0f}x); {rss_txt}")
+            elif name == "fv":
+                k = [key for key in figures if key.startswith("attribution_vs_exact_top")][0]
+                print(f"- FV scores of {figures['n_heads']} heads on {figures['n_prompts']} prompts: one full pass per head "
+                      f"{figures['plain_s']:.1f} s (timed on one prompt, scaled), batched over a cached prefix "
+                      f"{figures['batched_s']:.1f} s ({figures['batched_speedup']:.0f}x; max |diff| "
+                      f"{figures['batched_vs_plain_max_abs_diff']:.1e}), attribution patching {figures['attribution_s']:.1f} s "
+                      f"({figures['attribution_speedup']:.0f}x; Spearman with exact {figures['attribution_vs_exact_spearman']:.2f}, "
+                      f"top-5% overlap {figures[k]:.0%}); {rss_txt}")
             elif name == "scaling":
                 print("- head ranking cost:")
                 print("  | vary | prompts | demos/class | tokens/prompt | seconds | s/prompt |")
@@ -270,7 +318,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (forward, ranking)")
     parser.add_argument("--sweep-heads", type=int, default=0, help="time the ablation sweep on this many heads and scale (0: all)")
-    parser.add_argument("--fv-prompts", type=int, default=8)
+    parser.add_argument("--fv-prompts", type=int, default=6, help="shuffled-label prompts for the FV section")
     parser.add_argument("--run-book", action="store_true", help="execute the whole book first (section book)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
