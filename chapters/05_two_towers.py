@@ -149,7 +149,7 @@ records = collect(prompts)
 print(f"recorded {len(records)} prompts x {len(studied)} heads; rotary undone: {'q0' in records[0]['heads'][studied[0]]}")
 
 # %% [markdown]
-# ### Exercise: the query-key score
+# ## Exercise: the query-key score
 #
 # Write the attention logit of one query against several keys, exactly as the model computes it
 # before the mask and the softmax. Mind the scale: the attention module stores the one it uses as
