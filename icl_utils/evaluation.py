@@ -1,11 +1,14 @@
 """Score prompts in batches and report raw and calibrated accuracy.
 
-Calibration. Small models put a prior on one label word whatever the input ("foo" more often than
-"bar"), which hides how well they separate the classes. We report, beside raw accuracy:
-* batch-calibrated accuracy (Zhou et al., ICLR 2024, "Batch calibration"): divide each prompt's
-  label probabilities by their mean over the evaluated prompts, then take the argmax. It assumes the
-  evaluated prompts are balanced across classes, which `build_prompts` guarantees;
-* AUC of the two-label logit difference: how well the scores rank the classes, threshold-free.
+Calibration. Small models put a prior on one label word whatever the input ("bar" more often than
+"foo"), which hides how well they separate the classes. Beside raw accuracy we report:
+* calibrated accuracy (batch calibration, Zhou et al., ICLR 2024): divide each prompt's label
+  probabilities by their mean over *calibration prompts*, prompts with the same demonstrations
+  whose queries come from the demonstration pool (prompts.calibration_prompts), never the scored
+  prompts themselves; `ICLScores.calibrated_with` attaches that prior;
+* AUC of the two-label logit difference: how well the scores rank the classes, threshold-free;
+* the gold-label logit margin.
+Every ICLScores knows each prompt's demonstration set (`demo_set`), the unit intervals resample.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import encode_prompts, label_token_ids
+from .prompts import demo_set_ids, encode_prompts, label_token_ids
+from .stats import auc, spearman  # noqa: F401  (spearman: re-exported for chapters)
 
 
 @dataclass
@@ -25,6 +29,34 @@ class ICLScores:
     classes: list
     label_words: dict
     log_normaliser: torch.Tensor | None = None  # (n_prompts,) logsumexp of the full next-token logits
+    demo_set: np.ndarray | None = None  # (n_prompts,) id of each prompt's demonstration set (prompts.demo_set_ids)
+    log_prior: torch.Tensor | None = None  # (n_prompts, n_classes) label prior from calibration prompts
+
+    def take(self, rows) -> "ICLScores":
+        """The scores of the given rows only (e.g. one class, or the scored prompts without their
+        calibration prompts)."""
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        pick = lambda x: None if x is None else x[rows]  # noqa: E731
+        return ICLScores(self.label_logits[rows], self.gold[rows], self.classes, self.label_words,
+                         pick(self.log_normaliser), None if self.demo_set is None else self.demo_set[rows.numpy()],
+                         pick(self.log_prior))
+
+    def calibrated_with(self, calibration: "ICLScores") -> "ICLScores":
+        """These scores with the label prior of `calibration` attached, per demonstration set: each
+        prompt gets the mean label probabilities of the calibration prompts that share its
+        demonstrations (so neither the prompt itself nor any other scored prompt is used)."""
+        if self.demo_set is None or calibration.demo_set is None:
+            raise ValueError("calibrated_with needs scores from score_prompts (they know each prompt's demonstration set)")
+        priors = {}
+        for key in np.unique(calibration.demo_set):
+            priors[key] = calibration.take(np.flatnonzero(calibration.demo_set == key)).label_prior()
+        missing = sorted(set(np.unique(self.demo_set)) - set(priors))
+        if missing:
+            raise ValueError(f"{len(missing)} demonstration set(s) have no calibration prompts: build them with "
+                             f"prompts.calibration_prompts from the same prompts")
+        prior = torch.stack([priors[k] for k in self.demo_set])
+        return ICLScores(self.label_logits, self.gold, self.classes, self.label_words, self.log_normaliser,
+                         self.demo_set, prior)
 
     def label_prior(self) -> torch.Tensor:
         """Log of the mean label probabilities over these prompts: what batch calibration removes."""
@@ -32,16 +64,24 @@ class ICLScores:
         return torch.logsumexp(logp, dim=0) - np.log(len(logp))
 
     def log_probs(self, calibration: str | None = None, reference: "ICLScores | None" = None) -> torch.Tensor:
-        """Log-probabilities over the label words only; calibration None or "batch".
+        """Log-probabilities over the label words only.
 
-        reference: estimate the prior on other scores (e.g. the unablated model on the same
-        prompts), so an intervention's shift towards one label is not calibrated away.
+        calibration: None (raw); "prior": subtract the prior fitted on calibration prompts
+        (calibrated_with), the book's default; "batch": subtract the mean over the scored prompts
+        themselves (Zhou et al.'s original; it sees the prompts it scores, so verdicts do not use it).
+        reference: take the prior from other scores of the same prompts (e.g. the unablated model),
+        so an intervention's shift towards one label is not calibrated away.
         """
         logp = torch.log_softmax(self.label_logits.float(), dim=-1)
+        source = reference or self
         if calibration == "batch":
-            logp = logp - (reference or self).label_prior()
+            logp = logp - source.label_prior()
+        elif calibration == "prior":
+            if source.log_prior is None:
+                raise ValueError("no calibration prior: call .calibrated_with(scores of prompts.calibration_prompts) first")
+            logp = logp - source.log_prior
         elif calibration is not None:
-            raise ValueError(f"calibration must be None or 'batch', not {calibration!r}")
+            raise ValueError(f"calibration must be None, 'prior' or 'batch', not {calibration!r}")
         return logp
 
     def predictions(self, calibration: str | None = None, reference=None) -> torch.Tensor:
@@ -54,17 +94,29 @@ class ICLScores:
         pred = self.predictions(calibration, reference)
         return {c: (pred[self.gold == i] == i).float().mean().item() for i, c in enumerate(self.classes)}
 
+    def gold_margins(self) -> torch.Tensor:
+        """Per prompt: logit(gold label) - logit(other label) (two classes)."""
+        rows = torch.arange(len(self.gold))
+        return (self.label_logits[rows, self.gold] - self.label_logits[rows, 1 - self.gold]).float()
+
     def gold_logit_margin(self) -> float:
         """Mean over prompts of logit(gold label) - logit(other label) (two classes)."""
-        rows = torch.arange(len(self.gold))
-        return (self.label_logits[rows, self.gold] - self.label_logits[rows, 1 - self.gold]).mean().item()
+        return self.gold_margins().mean().item()
 
-    def gold_log_prob(self) -> float:
-        """Mean over prompts of log p(gold label word), the softmax taken over the whole vocabulary."""
+    def correct(self, calibration: str | None = None, reference=None) -> torch.Tensor:
+        """Per prompt: 1.0 where the (calibrated) prediction is the gold class."""
+        return (self.predictions(calibration, reference) == self.gold).float()
+
+    def gold_log_probs(self) -> torch.Tensor:
+        """Per prompt: log p(gold label word), the softmax taken over the whole vocabulary."""
         if self.log_normaliser is None:
             raise ValueError("these scores were built without the full-vocabulary normaliser (see score_prompts)")
         rows = torch.arange(len(self.gold))
-        return (self.label_logits[rows, self.gold] - self.log_normaliser).mean().item()
+        return self.label_logits[rows, self.gold] - self.log_normaliser
+
+    def gold_log_prob(self) -> float:
+        """Mean over prompts of log p(gold label word), the softmax taken over the whole vocabulary."""
+        return self.gold_log_probs().mean().item()
 
     def auc(self) -> float:
         """Two classes: probability that a random class-1 prompt has a larger logit(class 1) -
@@ -72,18 +124,13 @@ class ICLScores:
         if len(self.classes) != 2:
             raise ValueError("AUC is defined here for two classes")
         diff = (self.label_logits[:, 1] - self.label_logits[:, 0]).float()
-        pos, neg = diff[self.gold == 1], diff[self.gold == 0]
-        if len(pos) == 0 or len(neg) == 0:
-            return float("nan")
-        greater = (pos[:, None] > neg[None, :]).float().mean()
-        ties = (pos[:, None] == neg[None, :]).float().mean()
-        return (greater + 0.5 * ties).item()
+        return auc(diff[self.gold == 1], diff[self.gold == 0])
 
     def summary(self) -> dict:
         out = {
             "n": len(self.gold),
             "accuracy": self.accuracy(),
-            "calibrated_accuracy": self.accuracy("batch"),
+            "calibrated_accuracy": self.accuracy("prior" if self.log_prior is not None else "batch"),
             "prior_first_label": self.predictions().eq(0).float().mean().item(),
         }
         if len(self.classes) == 2:
@@ -171,14 +218,85 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
         rows[idx] = logits[:, ids.to(hidden.device)].cpu()
         normalisers[idx] = torch.logsumexp(logits, dim=-1).cpu()
     gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(rows, gold, classes, dict(words), normalisers)
+    return ICLScores(rows, gold, classes, dict(words), normalisers, demo_set_ids(prompts))
 
 
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equally long sequences or equally shaped tensors (flattened);
-    tied values share their mean rank."""
-    import pandas as pd
+def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLScores:
+    """Score `prompts` and their calibration prompts in one run (they share demonstrations, so with
+    share_prefix=True each set of demonstrations runs once) and return the prompts' scores with the
+    calibration prior attached (ICLScores.calibrated_with)."""
+    both = score_prompts(info, list(prompts) + list(calibration), **kwargs)
+    n = len(prompts)
+    return both.take(range(n)).calibrated_with(both.take(range(n, n + len(calibration))))
 
-    flat = [np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=float).ravel() for x in (a, b)]
-    ranks = [pd.Series(x).rank() for x in flat]
-    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+
+def _shared_prefix_length(batch) -> int:
+    """Tokens every row shares with the first, leaving each row at least one token of its own."""
+    same = (batch.input_ids == batch.input_ids[:1]).long().cumprod(1).sum(1)
+    return int(torch.minimum(same, batch.attention_mask.sum(1) - 1).min())
+
+
+@torch.no_grad()
+def score_head_ablations(info, prompts: list, head_sets: list, rows_per_pass: int = 64, normaliser: bool = False,
+                         progress: bool = True, desc: str = "head ablations") -> list:
+    """ICLScores of `prompts` under each head set of `head_sets` zeroed (at every position), many
+    ablations per forward pass: [scores with head_sets[0] zeroed, ...].
+
+    Prompts are grouped by demonstration set; for each group, a batch of ablations runs the shared
+    demonstrations once per ablation (one row each, that row's heads zeroed via
+    tracing.scale_heads), then every query of the group under every ablation from the cached keys
+    and values. The same numbers as `with ablate_heads(info, heads): score_prompts(...)` for each
+    set, for a fraction of the passes. normaliser: also compute log-sum-exp over the whole
+    vocabulary (needed for gold_log_prob; costly on a 262k vocabulary), else only the label logits.
+    """
+    from .tracing import positional_interventions_active, scale_heads
+
+    if positional_interventions_active():
+        raise RuntimeError("score_head_ablations shares prefixes and cannot run inside an intervention at chosen positions.")
+    if not head_sets:
+        raise ValueError("head_sets is empty: pass a list of head lists, e.g. [[(11, 2)], [(3, 0), (5, 1)]]")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    masks = torch.ones(len(head_sets), info.n_layers, info.n_heads)
+    for i, heads in enumerate(head_sets):
+        from .tracing import _per_layer
+
+        for layer, hs in _per_layer(info, heads).items():
+            masks[i, layer, hs] = 0.0
+    classes = list(prompts[0].label_words)
+    ids = label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes])
+    logits = torch.zeros(len(head_sets), len(prompts), len(classes))
+    norms = torch.zeros(len(head_sets), len(prompts))
+    groups = _prefix_groups(prompts, len(prompts))
+    device = info.device
+    with tqdm(total=len(groups) * len(head_sets), desc=desc, disable=not progress, leave=False) as bar:
+        for idx in groups:
+            batch = encode_prompts(info, [prompts[i] for i in idx])
+            n_q, shared = len(idx), _shared_prefix_length(batch)
+            per_pass = max(1, rows_per_pass // n_q)
+            for start in range(0, len(head_sets), per_pass):
+                m = masks[start:start + per_pass]
+                if shared > 0:
+                    with scale_heads(info, m):
+                        prefix = info.decoder(input_ids=batch.input_ids[:1, :shared].expand(len(m), -1).to(device),
+                                              use_cache=True)
+                    cache = prefix.past_key_values
+                    cache.batch_repeat_interleave(n_q)
+                else:
+                    cache = None
+                with scale_heads(info, m.repeat_interleave(n_q, 0)):
+                    rest = info.decoder(input_ids=batch.input_ids[:, shared:].repeat(len(m), 1).to(device),
+                                        attention_mask=batch.attention_mask.repeat(len(m), 1).to(device),
+                                        past_key_values=cache, use_cache=cache is not None)
+                last = (batch.last_positions - shared).repeat(len(m)).to(device)
+                hidden = rest.last_hidden_state[torch.arange(len(last), device=device), last]
+                logits[start:start + len(m), idx] = info.label_logits(hidden, ids).float().cpu().view(len(m), n_q, -1)
+                if normaliser:
+                    full = info.logits_from_final_hidden(hidden).float()
+                    norms[start:start + len(m), idx] = torch.logsumexp(full, -1).cpu().view(len(m), n_q)
+                bar.update(len(m))
+    gold = torch.tensor([classes.index(p.gold) for p in prompts])
+    words = dict(prompts[0].label_words)
+    demo_sets = demo_set_ids(prompts)
+    return [ICLScores(logits[i], gold, classes, words, norms[i] if normaliser else None, demo_sets)
+            for i in range(len(head_sets))]

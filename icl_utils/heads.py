@@ -8,11 +8,16 @@ per-label experiments each head is put on the side where it scores higher (disjo
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .attribution import head_scores_over_prompts
+from .models import ModelInfo
+from .prompts import demo_set_ids
 
 
 def top_heads(values: torch.Tensor, n: int, among: list | None = None) -> list:
@@ -24,12 +29,15 @@ def top_heads(values: torch.Tensor, n: int, among: list | None = None) -> list:
 
 @dataclass
 class HeadRanking:
-    """Head scores averaged over prompts, each (n_layers, n_heads)."""
+    """Head scores averaged over prompts, each (n_layers, n_heads), and the per-prompt scores
+    behind them (for intervals that resample demonstration sets)."""
 
     importance: torch.Tensor  # S for the gold label word, over all prompts
     per_label: dict  # label word -> S(word) on prompts whose gold label is that word
     label_attention: torch.Tensor  # attention mass from the last position to the label positions
     words: list  # label words, in class order
+    per_prompt: torch.Tensor | None = None  # (n_prompts, n_layers, n_heads) S for the gold word
+    demo_set: np.ndarray | None = None  # (n_prompts,) demonstration set of each prompt
 
     def top(self, n: int) -> list:
         """The n in-context heads: largest S for the gold label."""
@@ -38,6 +46,8 @@ class HeadRanking:
     def label_heads(self, word: str, n: int, disjoint: bool = True) -> list:
         """Top n heads by S(word) on gold-`word` prompts; with `disjoint`, only heads that score
         higher for this word than for every other label word (so foo and bar heads never share)."""
+        if word not in self.per_label:
+            raise ValueError(f"{word!r} is not a label word of this ranking; its words are {self.words}")
         mine = self.per_label[word]
         among = None
         if disjoint:
@@ -45,9 +55,30 @@ class HeadRanking:
             among = [(l, h) for l in range(mine.shape[0]) for h in range(mine.shape[1]) if mine[l, h] > others[l, h]]
         return top_heads(mine, n, among)
 
+    def resampled_importance(self, n_resamples: int = 1000, seed: int = 0) -> torch.Tensor:
+        """(n_resamples, n_layers, n_heads): S averaged over prompts drawn by whole demonstration
+        sets with replacement: how the ranking would vary with other demonstrations and queries."""
+        if self.per_prompt is None or self.demo_set is None:
+            raise ValueError("this ranking has no per-prompt scores; build it with rank_heads")
+        sets = [np.flatnonzero(self.demo_set == u) for u in np.unique(self.demo_set)]
+        rng = np.random.default_rng(seed)
+        draws = [np.concatenate([sets[i] for i in rng.integers(len(sets), size=len(sets))]) for _ in range(n_resamples)]
+        return torch.stack([self.per_prompt[torch.as_tensor(rows)].mean(0) for rows in draws])
 
-def rank_heads(info, prompts: list, batch_size: int = 8, progress: bool = True) -> HeadRanking:
+    def to_json(self) -> dict:
+        return {"importance": self.importance.tolist(), "label_attention": self.label_attention.tolist(),
+                "per_label": {w: s.tolist() for w, s in self.per_label.items()}, "words": list(self.words)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HeadRanking":
+        return cls(torch.tensor(data["importance"]), {w: torch.tensor(s) for w, s in data["per_label"].items()},
+                   torch.tensor(data["label_attention"]), list(data["words"]))
+
+
+def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> HeadRanking:
     """Score every head on `prompts` (one traced pass per batch) and average into a HeadRanking."""
+    if not prompts:
+        raise ValueError("rank_heads needs at least one prompt: build some with build_prompts(task, n, pool='selection')")
     scores = head_scores_over_prompts(info, prompts, batch_size=batch_size, progress=progress)
     classes = list(prompts[0].label_words)
     words = [prompts[0].label_words[c] for c in classes]
@@ -57,14 +88,47 @@ def rank_heads(info, prompts: list, batch_size: int = 8, progress: bool = True) 
         if not mask.any():
             raise ValueError(f"no prompt has gold label {word!r}: rank heads on prompts balanced over the classes")
         per_label[word] = scores[f"importance_{word}"][mask].mean(0)
-    return HeadRanking(scores["importance"].mean(0), per_label, scores["label_attention"].mean(0), words)
+    return HeadRanking(scores["importance"].mean(0), per_label, scores["label_attention"].mean(0), words,
+                       scores["importance"], demo_set_ids(prompts))
 
 
-def find_in_context_heads(info, task, n_prompts: int = 16, demos_per_class: int = 8, seed: int = 0,
+# ----------------------------------------------------------------------------------------------
+# The book's in-context heads: ranked once, by chapter 3, on the selection pool
+
+
+def _heads_file() -> Path:
+    from .reporting import RESULTS_DIR
+
+    return RESULTS_DIR / "in_context_heads.json"
+
+
+def save_in_context_heads(info: ModelInfo, task_name: str, ranking: HeadRanking, settings: dict) -> Path:
+    """Save chapter 3's ranking as the book's in-context heads, for the chapters after it."""
+    path = _heads_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": info.name, "task": task_name, "settings": settings,
+                                "ranking": ranking.to_json()}, indent=1))
+    return path
+
+
+def find_in_context_heads(info: ModelInfo, task, n_prompts: int = 32, demos_per_class: int = 8, seed: int = 0,
                           batch_size: int = 8, progress: bool = True) -> HeadRanking:
-    """Chapter 3's ranking, for chapters that start from the in-context heads: foo/bar prompts
-    built from `task` (a Task) with `seed`, scored and averaged."""
+    """The book's in-context heads for `task` (a Task): chapter 3's saved ranking when it was made
+    for this model and task (results/in_context_heads.json), else a ranking made here the same way,
+    on foo/bar prompts from the task's *selection* pool (never the evaluation pool), which is
+    then saved for later chapters. Which of the two happened is printed."""
+    path = _heads_file()
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("model") == info.name and saved.get("task") == task.name:
+            print(f"in-context heads: chapter 3's ranking ({path.name}: {saved['settings']})")
+            return HeadRanking.from_json(saved["ranking"])
     from .prompts import build_prompts
 
-    prompts = build_prompts(task, n_prompts, demos_per_class=demos_per_class, seed=seed)
-    return rank_heads(info, prompts, batch_size=batch_size, progress=progress)
+    print(f"in-context heads: no saved ranking for {info.name} on {task.name}; ranking {n_prompts} selection-pool "
+          f"prompts now (chapter 3 saves the book's ranking)")
+    prompts = build_prompts(task, n_prompts, demos_per_class=demos_per_class, seed=seed, pool="selection")
+    ranking = rank_heads(info, prompts, batch_size=batch_size, progress=progress)
+    save_in_context_heads(info, task.name, ranking, {"n_prompts": n_prompts, "demos_per_class": demos_per_class,
+                                                     "seed": seed, "made_by": "find_in_context_heads"})
+    return ranking

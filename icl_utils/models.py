@@ -104,6 +104,18 @@ class ModelInfo:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
+    def label_logits(self, hidden: torch.Tensor, token_ids) -> torch.Tensor:
+        """Logits of the given tokens only, from final-normed hidden states (batch, d_model) ->
+        (batch, len(token_ids)): the same numbers as logits_from_final_hidden(...)[:, token_ids]
+        without unembedding the whole vocabulary."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.unembed.weight.device)
+        bias = self.unembed.bias[ids] if getattr(self.unembed, "bias", None) is not None else None
+        logits = torch.nn.functional.linear(hidden.to(self.unembed.weight.device), self.unembed.weight[ids], bias)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
     def logits_from_residual(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding of residual-stream vectors."""
         return self.logits_from_final_hidden(self.final_norm(resid))

@@ -16,9 +16,11 @@ The model's next token is the prediction; " foo" and " bar" in the demonstration
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import LabelWordError, PromptTooLongError
@@ -61,20 +63,67 @@ def label_words_for(task: Task, label_words="foo/bar") -> dict:
         label_words = task.classes
     if len(label_words) != len(task.classes):
         raise ValueError(f"{len(task.classes)} classes {task.classes} but label words {list(label_words)}")
+    if len(set(label_words)) != len(label_words):
+        raise LabelWordError(f"Label words {list(label_words)} repeat a word: each class needs its own label word.")
     return dict(zip(task.classes, label_words))
 
 
-def split_task(task: Task, n_query_per_class: int, seed: int = 0) -> tuple:
-    """Split each class's inputs into a query pool and a demonstration pool (disjoint)."""
-    rng = random.Random(seed)
-    queries, demos = {}, {}
+# ----------------------------------------------------------------------------------------------
+# Pools: which inputs may be queries for choosing, queries for evaluating, or demonstrations
+
+POOL_NAMES = ("demonstrations", "selection", "evaluation")
+POOL_SHARES = {"demonstrations": 0.25, "selection": 0.25}  # evaluation: the rest (half)
+
+
+def _stable_rank(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def task_pools(task: Task) -> dict:
+    """{"demonstrations" | "selection" | "evaluation": {class: [inputs]}}: three disjoint pools.
+
+    Fixed by the data, not by any seed: each class's distinct inputs are ordered by a hash of
+    their text and cut into a quarter for demonstrations, a quarter for selection (ranking heads,
+    choosing hyperparameters, the model or the task) and the rest for evaluation (ablations and
+    verdicts). Whatever chooses sees only the selection pool; whatever is graded only the
+    evaluation pool; both read demonstrations from the third pool.
+    """
+    pools = {name: {} for name in POOL_NAMES}
     for cls in task.classes:
-        items = list(dict.fromkeys(task.inputs_of(cls)))  # a repeated input must not land in both pools
-        rng.shuffle(items)
-        if len(items) <= n_query_per_class:
-            raise ValueError(f"Class '{cls}' has {len(items)} inputs; cannot hold out {n_query_per_class}.")
-        queries[cls], demos[cls] = items[:n_query_per_class], items[n_query_per_class:]
-    return queries, demos
+        items = sorted(dict.fromkeys(task.inputs_of(cls)), key=_stable_rank)
+        n_demo = max(1, round(len(items) * POOL_SHARES["demonstrations"]))
+        n_sel = max(1, round(len(items) * POOL_SHARES["selection"]))
+        if len(items) - n_demo - n_sel < 1:
+            raise ValueError(f"Class '{cls}' of task '{task.name}' has {len(items)} distinct inputs; at least 3 "
+                             f"are needed to split it into demonstration, selection and evaluation pools.")
+        pools["demonstrations"][cls] = items[:n_demo]
+        pools["selection"][cls] = items[n_demo:n_demo + n_sel]
+        pools["evaluation"][cls] = items[n_demo + n_sel:]
+    return pools
+
+
+def _query_pool(task: Task, pool: str) -> dict:
+    if pool not in ("selection", "evaluation"):
+        raise ValueError(f"pool must be 'selection' (for choosing) or 'evaluation' (for grading), not {pool!r}")
+    return task_pools(task)[pool]
+
+
+def _demo_counts(task: Task, demos_per_class) -> dict:
+    counts = demos_per_class if isinstance(demos_per_class, dict) else {c: demos_per_class for c in task.classes}
+    for cls, n in counts.items():
+        if cls not in task.classes:
+            raise ValueError(f"demos_per_class names unknown class {cls!r}; classes: {task.classes}")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"demos_per_class must be a whole number >= 0 per class, got {n!r} for {cls!r}")
+    return counts
+
+
+def _check_demo_pool(task: Task, counts: dict, demo_pool: dict) -> None:
+    for cls, n in counts.items():
+        if n > len(demo_pool[cls]):
+            raise ValueError(f"{n} demonstrations of '{cls}' requested, but task '{task.name}' has only "
+                             f"{len(demo_pool[cls])} inputs of that class in its demonstration pool "
+                             f"(a quarter of its inputs): use fewer demonstrations or a larger task.")
 
 
 def build_prompts(
@@ -85,33 +134,37 @@ def build_prompts(
     order=None,
     seed: int = 0,
     fmt: PromptFormat = PromptFormat(),
-    n_query_per_class: int | None = None,
+    pool: str = "evaluation",
 ) -> list:
     """Build `n_prompts` prompts whose queries alternate over the classes (balanced).
 
+    pool: where the queries come from: "evaluation" (the default: prompts that grade a claim) or
+    "selection" (prompts that choose heads or hyperparameters); see task_pools. Demonstrations
+    always come from the demonstration pool, so a query never appears among the demonstrations.
+    Queries are taken in a seeded order and repeat once the pool is used up.
     demos_per_class: an int (balanced) or {class: count} (imbalanced, e.g. {"animal": 8, "vehicle": 7}).
     order: None shuffles the demonstrations; or a list of class names giving the class of each
     demonstration slot in prompt order (its counts override demos_per_class).
-    Queries never appear among the demonstrations. Same arguments, same prompts.
+    Same arguments, same prompts.
     """
+    if not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a whole number >= 1, got {n_prompts!r}")
     rng = random.Random(seed)
     words = label_words_for(task, label_words)
-    counts = demos_per_class if isinstance(demos_per_class, dict) else {c: demos_per_class for c in task.classes}
+    counts = _demo_counts(task, demos_per_class)
     if order is not None:
-        counts = {c: list(order).count(c) for c in task.classes}
         unknown = set(order) - set(task.classes)
         if unknown:
             raise ValueError(f"order names unknown classes {sorted(unknown)}; classes: {task.classes}")
-    per_class = n_query_per_class or -(-n_prompts // len(task.classes))
-    query_pool, demo_pool = split_task(task, per_class, seed)
-    for cls, n in counts.items():
-        if n > len(demo_pool[cls]):
-            raise ValueError(f"{n} demonstrations of '{cls}' requested, only {len(demo_pool[cls])} available.")
+        counts = {c: list(order).count(c) for c in task.classes}
+    queries = {c: rng.sample(v, len(v)) for c, v in _query_pool(task, pool).items()}
+    demo_pool = task_pools(task)["demonstrations"]
+    _check_demo_pool(task, counts, demo_pool)
 
     prompts = []
     for i in range(n_prompts):
         gold = task.classes[i % len(task.classes)]
-        query = query_pool[gold][(i // len(task.classes)) % len(query_pool[gold])]
+        query = queries[gold][(i // len(task.classes)) % len(queries[gold])]
         chosen = {c: rng.sample(demo_pool[c], counts[c]) for c in task.classes}
         if order is None:
             demos = [(x, c) for c in task.classes for x in chosen[c]]
@@ -131,6 +184,7 @@ def build_prompt_groups(
     seed: int = 0,
     fmt: PromptFormat = PromptFormat(),
     distinct_queries: bool = False,
+    pool: str = "evaluation",
 ) -> list:
     """`n_groups` lists of prompts; the prompts of one group share their demonstrations (same
     inputs, same order) and differ only in the query, balanced over the classes.
@@ -138,27 +192,67 @@ def build_prompt_groups(
     For comparisons across inputs with the context held fixed (e.g. what changes in a head
     when the prediction flips from foo to bar), and for cheap evaluation: score_prompts(...,
     share_prefix=True) runs each group's demonstrations once. distinct_queries: every group gets
-    its own queries (for accuracy estimates); by default all groups ask the same queries.
-    Queries never appear among the demonstrations.
+    its own queries (for accuracy estimates whose unit is the demonstration set); by default all
+    groups ask the same queries. pool: "evaluation" or "selection", as in build_prompts.
     """
+    for name, value in (("n_groups", n_groups), ("queries_per_group", queries_per_group)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     rng = random.Random(seed)
     words = label_words_for(task, label_words)
-    counts = demos_per_class if isinstance(demos_per_class, dict) else {c: demos_per_class for c in task.classes}
+    counts = _demo_counts(task, demos_per_class)
     per_class = -(-queries_per_group // len(task.classes))
-    query_pool, demo_pool = split_task(task, per_class * (n_groups if distinct_queries else 1), seed)
-    for cls, n in counts.items():
-        if n > len(demo_pool[cls]):
-            raise ValueError(f"{n} demonstrations of '{cls}' requested, only {len(demo_pool[cls])} left "
-                             f"after setting aside the queries.")
+    needed = per_class * (n_groups if distinct_queries else 1)
+    queries = {c: rng.sample(v, len(v)) for c, v in _query_pool(task, pool).items()}
+    smallest = min(len(v) for v in queries.values())
+    if needed > smallest:
+        most = smallest // per_class
+        raise ValueError(
+            f"{n_groups if distinct_queries else 1} group(s) of {queries_per_group} distinct queries need {needed} "
+            f"{pool} inputs per class; task '{task.name}' has {smallest}. Use at most {most} groups of this size, "
+            f"fewer queries per group, or a larger task.")
+    demo_pool = task_pools(task)["demonstrations"]
+    _check_demo_pool(task, counts, demo_pool)
     groups = []
     for g in range(n_groups):
         demos = [(x, c) for c in task.classes for x in rng.sample(demo_pool[c], counts[c])]
         rng.shuffle(demos)
         first = g * per_class if distinct_queries else 0
-        queries = [(query_pool[task.classes[i % len(task.classes)]][first + i // len(task.classes)], task.classes[i % len(task.classes)])
-                   for i in range(queries_per_group)]
-        groups.append([render_prompt(demos, q, gold, words, fmt) for q, gold in queries])
+        chosen = [(queries[task.classes[i % len(task.classes)]][first + i // len(task.classes)],
+                   task.classes[i % len(task.classes)]) for i in range(queries_per_group)]
+        groups.append([render_prompt(demos, q, gold, words, fmt) for q, gold in chosen])
     return groups
+
+
+def calibration_prompts(task: Task, prompts: list, per_class: int = 4, seed: int = 0,
+                        fmt: PromptFormat = PromptFormat()) -> list:
+    """For each demonstration set among `prompts`: `per_class` prompts per class with the same
+    demonstrations and queries from the demonstration pool that are not among them.
+
+    Their mean label probabilities are the label prior that calibration removes
+    (ICLScores.calibrated_with): fitted in the same context as the scored prompts but never on
+    them, and never on a query that is a demonstration of the same prompt.
+    """
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a whole number >= 1, got {per_class!r}")
+    rng = random.Random(seed)
+    demo_pool = task_pools(task)["demonstrations"]
+    out = []
+    for demos, words in {tuple(p.demos): p.label_words for p in prompts}.items():
+        used = {x for x, _ in demos}
+        for cls in task.classes:
+            free = [x for x in demo_pool[cls] if x not in used]
+            if len(free) < per_class:
+                raise ValueError(f"Class '{cls}' has {len(free)} demonstration-pool inputs left after this prompt's "
+                                 f"demonstrations; {per_class} calibration queries were asked for: ask fewer.")
+            out += [render_prompt(list(demos), x, cls, words, fmt) for x in rng.sample(free, per_class)]
+    return out
+
+
+def demo_set_ids(prompts: list) -> np.ndarray:
+    """A short id per prompt naming its demonstration set (same inputs in the same order; a hash,
+    so the same set gets the same id in any call): the unit that intervals resample."""
+    return np.array([hashlib.sha1(repr(list(p.demos)).encode("utf-8")).hexdigest()[:12] for p in prompts])
 
 
 def render_prompt(demos: list, query: str, gold: str, words: dict, fmt: PromptFormat = PromptFormat()) -> ICLPrompt:

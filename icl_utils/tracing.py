@@ -29,16 +29,21 @@ def recording_attention(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
     sliding_window=None, **kwargs,
 ):
-    """Eager attention. query: (batch, heads, q_len, d_head); key/value: (batch, kv_heads, k_len, d_head)."""
-    n_rep = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(n_rep, dim=1)  # grouped-query: query head h reads kv head h // n_rep
-    value = value.repeat_interleave(n_rep, dim=1)
+    """Eager attention. query: (batch, heads, q_len, d_head); key/value: (batch, kv_heads, k_len, d_head).
+
+    Grouped-query attention (query head h reads key/value head h // n_rep) is computed without
+    copying keys and values per query head; observers (editors, recorders) still see one key and
+    value per query head.
+    """
+    batch, n_heads, q_len, d_head = query.shape
+    n_kv, k_len = key.shape[1], key.shape[2]
+    n_rep = n_heads // n_kv
     if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = (query @ key.transpose(-1, -2)) * scaling
+        scaling = d_head ** -0.5
+    grouped = query.reshape(batch, n_kv, n_rep * q_len, d_head)  # heads of one kv group, stacked
+    scores = ((grouped @ key.transpose(-1, -2)) * scaling).view(batch, n_heads, q_len, k_len)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    q_len, k_len = scores.shape[-2:]
     lowest = torch.finfo(scores.dtype).min
     causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
     scores = scores.masked_fill(~causal, lowest)
@@ -46,14 +51,17 @@ def recording_attention(
         mask = attention_mask[..., :k_len]
         scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    layer = module.layer_idx
-    for edit in _EDITORS:
-        edited = edit(layer, weights, query, key)
-        if edited is not None:
-            weights = edited
-    for record in _RECORDERS:
-        record(layer, query, key, value, weights)
-    output = weights @ value
+    if _EDITORS or _RECORDERS:
+        layer = module.layer_idx
+        key_per_head = key.repeat_interleave(n_rep, dim=1)
+        for edit in _EDITORS:
+            edited = edit(layer, weights, query, key_per_head)
+            if edited is not None:
+                weights = edited
+        value_per_head = value.repeat_interleave(n_rep, dim=1) if _RECORDERS else None
+        for record in _RECORDERS:
+            record(layer, query, key_per_head, value_per_head, weights)
+    output = (weights.reshape(batch, n_kv, n_rep * q_len, k_len) @ value).view(batch, n_heads, q_len, d_head)
     return output.transpose(1, 2).contiguous(), weights
 
 
@@ -289,6 +297,37 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
             stack.callback(handle.remove)
         if positions is not None:
             stack.enter_context(_registered(_POSITIONAL, object()))
+        yield
+
+
+@contextmanager
+def scale_heads(info, factors: torch.Tensor):
+    """Multiply each head's output (before the output projection) by a per-row factor, at every
+    position: factors (batch, n_layers, n_heads), 0 to zero a head, 1 to keep it.
+
+    One batch can then hold many different head ablations (row i zeroes the heads where
+    factors[i] == 0), e.g. a whole one-head-at-a-time sweep in one forward pass. The batch you run
+    inside the context must have exactly `batch` rows.
+    """
+    factors = torch.as_tensor(factors, dtype=torch.float)
+    if factors.ndim != 3 or tuple(factors.shape[1:]) != (info.n_layers, info.n_heads):
+        raise ValueError(f"factors must have shape (batch, {info.n_layers}, {info.n_heads}), got {tuple(factors.shape)}")
+    layers = [l for l in range(info.n_layers) if not bool((factors[:, l] == 1).all())]
+
+    def make_hook(layer):
+        def hook(module, args):
+            x = args[0]
+            if x.shape[0] != factors.shape[0]:
+                raise ValueError(f"scale_heads was given {factors.shape[0]} rows of factors but the batch has {x.shape[0]}")
+            f = factors[:, layer].to(x.device, x.dtype)[:, None, :, None]
+            x = (x.view(*x.shape[:-1], info.n_heads, info.d_head) * f).flatten(-2)
+            return (x,) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer in layers:
+            handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer))
+            stack.callback(handle.remove)
         yield
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import icl_utils
+from icl_utils.prompts import render_prompt
 from icl_utils import (
     LabelWordError,
     ModelNotAvailableError,
@@ -47,7 +48,10 @@ def test_label_words_with_the_same_token_are_refused(tokenizer):
 
 
 def test_prompt_longer_than_context(info, task):
-    prompts = build_prompts(task, 2, demos_per_class=8, seed=0)
+    # 8 demonstrations per class: more than the tiny task's demonstration pool, so written by hand
+    demos = [(x, c) for c in task.classes for x in task.inputs_of(c)[:8]]
+    words = {"animal": "foo", "vehicle": "bar"}
+    prompts = [render_prompt(demos, q, c, words) for q, c in (("lion", "animal"), ("jeep", "vehicle"))]
     n_tokens = len(info.tokenizer(prompts[0].text)["input_ids"])
     assert n_tokens > info.max_positions == MAX_POSITIONS
     with pytest.raises(PromptTooLongError, match="fewer demonstrations") as err:
@@ -55,7 +59,7 @@ def test_prompt_longer_than_context(info, task):
     assert str(MAX_POSITIONS) in str(err.value) and str(n_tokens) in str(err.value)
     assert isinstance(err.value, ValueError)
     # fewer demonstrations fit, as the message suggests
-    short = build_prompts(task, 2, demos_per_class=4, seed=0)
+    short = build_prompts(task, 2, demos_per_class=3, seed=0)
     assert encode_prompts(info, short).input_ids.shape[1] <= MAX_POSITIONS
 
 

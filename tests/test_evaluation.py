@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -174,3 +176,53 @@ def test_shared_prefix_refuses_position_specific_interventions(info, task):
         with ablate_heads(info, [(0, 0)], positions=last[:, None]):
             score_prompts(info, prompts, batch_size=len(prompts), progress=False, share_prefix=True)
     score_prompts(info, prompts, progress=False, share_prefix=True)  # and works again afterwards
+
+
+# ----------------------------------------------------------------------------------------------
+# Many head ablations per pass; calibration on calibration prompts
+
+
+def test_batched_head_ablations_equal_one_ablation_at_a_time(info, task):
+    from icl_utils import ablate_heads, build_prompt_groups
+    from icl_utils.evaluation import score_head_ablations
+
+    groups = build_prompt_groups(task, 2, 4, demos_per_class=2, seed=3, distinct_queries=False)
+    prompts = [p for g in groups for p in g]
+    head_sets = [[], [(0, 0)], [(1, 1), (0, 1)], [(info.n_layers - 1, info.n_heads - 1)]]
+    batched = score_head_ablations(info, prompts, head_sets, rows_per_pass=8, normaliser=True, progress=False)
+    for heads, got in zip(head_sets, batched):
+        with ablate_heads(info, heads):
+            want = score_prompts(info, prompts, progress=False)
+        torch.testing.assert_close(got.label_logits, want.label_logits, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(got.log_normaliser, want.log_normaliser, atol=2e-4, rtol=1e-4)
+        assert (got.demo_set == want.demo_set).all()
+    # the ablations really differ from each other
+    assert not torch.allclose(batched[0].label_logits, batched[2].label_logits)
+
+
+def test_calibration_prior_comes_from_the_calibration_prompts_of_the_same_demonstrations(info, task):
+    from icl_utils import build_prompt_groups
+    from icl_utils.evaluation import score_calibrated
+    from icl_utils.prompts import calibration_prompts
+
+    groups = build_prompt_groups(task, 2, 2, demos_per_class=1, seed=0, distinct_queries=True)
+    prompts = [p for g in groups for p in g]
+    calib = calibration_prompts(task, prompts, per_class=1, seed=0)
+    assert len(calib) == 2 * 2  # two demonstration sets x one per class
+    assert not {p.query for p in calib} & {p.query for p in prompts}
+    for c in calib:
+        assert c.query not in {x for x, _ in c.demos}
+    scores = score_calibrated(info, prompts, calib, progress=False, share_prefix=True)
+    alone = score_prompts(info, calib, progress=False)
+    for set_id in np.unique(scores.demo_set):
+        want = alone.take(np.flatnonzero(alone.demo_set == set_id)).label_prior()
+        for row in np.flatnonzero(scores.demo_set == set_id):
+            torch.testing.assert_close(scores.log_prior[row], want, atol=2e-4, rtol=1e-4)
+    manual = (torch.log_softmax(scores.label_logits, -1) - scores.log_prior).argmax(-1)
+    assert scores.predictions("prior").tolist() == manual.tolist()
+
+
+def test_prior_calibration_without_a_prior_says_what_to_do():
+    scores = _scores([[1.0, 0.0], [0.0, 1.0]], [0, 1])
+    with pytest.raises(ValueError, match="calibrated_with"):
+        scores.accuracy("prior")

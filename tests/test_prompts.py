@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from icl_utils import build_prompts, encode_prompts, label_token_ids
+from icl_utils import available_tasks, build_prompt_groups, build_prompts, encode_prompts, label_token_ids, load_task
 from icl_utils.prompts import PromptFormat
 
 
@@ -79,7 +79,7 @@ def test_explicit_order(task):
 def test_order_with_unknown_class_and_too_many_demos_raise(task):
     with pytest.raises(ValueError, match="unknown classes"):
         build_prompts(task, 2, order=["animal", "plant"])
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match="demonstration pool"):
         build_prompts(task, 2, demos_per_class=20)
 
 
@@ -240,3 +240,53 @@ def test_prompt_groups_with_distinct_queries(task):
         assert not demo_inputs & set(queries)  # queries never among the demonstrations
     same = build_prompt_groups(task, n_groups=3, queries_per_group=2, demos_per_class=2, seed=1)
     assert len({p.query for g in same for p in g}) == 2  # the default: every group asks the same queries
+
+
+# ----------------------------------------------------------------------------------------------
+# Pools fixed by the data: selection and evaluation queries never meet
+
+
+def test_pools_are_disjoint_and_fixed_by_the_data(task):
+    from icl_utils.prompts import task_pools
+
+    pools = task_pools(task)
+    for cls in task.classes:
+        sets = [set(pools[name][cls]) for name in ("demonstrations", "selection", "evaluation")]
+        assert sum(map(len, sets)) == len(set(task.inputs_of(cls)))
+        assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    # the same whatever the order of the task's rows
+    shuffled = type(task)(task.name, task.inputs[::-1], task.labels[::-1], task.classes)
+    assert task_pools(shuffled) == pools
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_no_shipped_task_lets_selection_queries_into_evaluation(name):
+    from icl_utils.prompts import task_pools
+
+    real = load_task(name)
+    select = build_prompts(real, 64, demos_per_class=4, pool="selection", seed=0)
+    for seed in range(3):
+        evaluate = build_prompts(real, 64, demos_per_class=4, pool="evaluation", seed=seed)
+        assert not {p.query for p in select} & {p.query for p in evaluate}
+        groups = build_prompt_groups(real, 2, 8, demos_per_class=4, pool="evaluation", seed=seed, distinct_queries=True)
+        assert not {p.query for p in select} & {p.query for g in groups for p in g}
+    demos = {x for cls_items in task_pools(real)["demonstrations"].values() for x in cls_items}
+    assert not demos & {p.query for p in select}
+
+
+def test_asking_for_more_distinct_queries_than_the_pool_holds_says_how_many_fit(task):
+    with pytest.raises(ValueError, match="Use at most"):
+        build_prompt_groups(task, 50, 4, demos_per_class=1, distinct_queries=True)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5])
+def test_bad_demo_counts_are_refused_early(task, bad):
+    with pytest.raises(ValueError, match="whole number"):
+        build_prompts(task, 2, demos_per_class=bad)
+
+
+def test_identical_label_words_are_refused_when_building(task):
+    from icl_utils import LabelWordError
+
+    with pytest.raises(LabelWordError, match="repeat"):
+        build_prompts(task, 2, demos_per_class=1, label_words=("foo", "foo"))

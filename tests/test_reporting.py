@@ -1,11 +1,65 @@
-"""save_results writes a chapter's results and claims; load_results reads them back."""
+"""Declared claims are graded by one function; save_results / load_results round-trip them."""
 import json
 import math
 
 import pytest
 
 import icl_utils.reporting as reporting
-from icl_utils.reporting import Claim, load_results, save_results
+from icl_utils.reporting import Claim, ClaimSpec, Verdict, grade, load_results, save_results
+from icl_utils.stats import Interval
+
+SPEC = ClaimSpec(
+    claim="zeroing the heads lowers accuracy", paper="87.6% -> 24.4%", metric="accuracy drop",
+    direction="increase", smallest_effect=0.10, smallest_effect_reason="a tenth of the range",
+    control="random heads", unit="demonstration set", precondition="clean accuracy above chance",
+)
+
+
+def interval(estimate, low, high, se=0.05, n=8):
+    return Interval(estimate, low, high, se, n, "demonstration set")
+
+
+@pytest.mark.parametrize("est,low,high,expected", [
+    (0.30, 0.20, 0.40, Verdict.REPRODUCED),  # excludes 0, reaches 0.10
+    (0.02, -0.03, 0.07, Verdict.CONTRADICTED),  # excludes the smallest effect that counts
+    (0.05, 0.01, 0.09, Verdict.CONTRADICTED),  # real but smaller than what counts
+    (-0.30, -0.40, -0.20, Verdict.CONTRADICTED),  # the other direction
+    (0.08, -0.05, 0.21, Verdict.INCONCLUSIVE),  # neither
+    (0.08, 0.02, 0.21, Verdict.INCONCLUSIVE),  # real, but may or may not reach 0.10
+])
+def test_grade_follows_the_declared_rule(est, low, high, expected):
+    graded = grade(SPEC, interval(est, low, high), book="x")
+    assert graded.verdict is expected
+    if expected is Verdict.INCONCLUSIVE:
+        assert graded.mde == pytest.approx(2.8016 * 0.05, rel=1e-3)
+        assert graded.units_needed == math.ceil(8 * (graded.mde / 0.10) ** 2)
+    else:
+        assert graded.mde is None
+
+
+def test_a_decrease_claim_mirrors_the_rule():
+    spec = ClaimSpec(**{**SPEC.__dict__, "direction": "decrease", "null": 0.5})
+    assert grade(spec, interval(0.2, 0.1, 0.3), "x").verdict is Verdict.REPRODUCED
+    assert grade(spec, interval(0.55, 0.45, 0.65), "x").verdict is Verdict.CONTRADICTED
+
+
+def test_failed_precondition_is_not_testable_even_for_a_large_effect():
+    graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", precondition_met=False)
+    assert graded.verdict is Verdict.NOT_TESTABLE and "precondition" in graded.reason
+    assert graded.estimate == 0.3  # the numbers are kept
+    assert grade(SPEC, None, "x").verdict is Verdict.NOT_TESTABLE
+
+
+def test_differs_needs_a_reason_and_overrides():
+    graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", differs="the model has no rotary positions")
+    assert graded.verdict is Verdict.DIFFERS and graded.reason
+
+
+def test_a_spec_refuses_a_bad_direction_or_effect():
+    with pytest.raises(ValueError, match="direction"):
+        ClaimSpec(**{**SPEC.__dict__, "direction": "up"})
+    with pytest.raises(ValueError, match="positive"):
+        ClaimSpec(**{**SPEC.__dict__, "smallest_effect": 0})
 
 
 @pytest.fixture
@@ -15,13 +69,15 @@ def results_dir(tmp_path, monkeypatch):
 
 
 def test_save_then_load_round_trips(results_dir):
-    claims = [Claim("heads matter", "12 of 1,024 heads", "1 of 72 heads", "reproduced"),
+    claims = [grade(SPEC, interval(0.3, 0.2, 0.4), "1 of 72 heads"),
               Claim("q.k is similarity", "AUC high", "AUC 0.53", "not reproduced")]
     path = save_results("07_demo", {"model": "tiny", "accuracy": 0.75, "auc": float("nan")}, claims)
     assert path == results_dir / "07_demo.json"
     loaded = load_results("07_demo")
     assert loaded["chapter"] == "07_demo"
-    assert loaded["claims"] == claims  # Claim rows again, in order
+    assert [c["verdict"] for c in loaded["claims"]] == ["reproduced", "not reproduced"]
+    assert [c["graded"] for c in loaded["claims"]] == [True, False]
+    assert loaded["claims"][0]["interval"] == "[+0.200, +0.400]"
     assert loaded["results"]["accuracy"] == 0.75 and math.isnan(loaded["results"]["auc"])
     assert loaded["written"] == pytest.approx(path.stat().st_mtime)
     assert json.loads(path.read_text())["claims"][1]["verdict"] == "not reproduced"

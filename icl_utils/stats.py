@@ -1,0 +1,153 @@
+"""Intervals, nulls and the size of a design, for every claim the book grades (on scipy.stats).
+
+The rule everywhere: resample the unit that was actually drawn at random. Prompts that share one
+set of demonstrations are not independent (they share the context that makes them right or
+wrong), so an interval over such prompts resamples *whole demonstration sets* (clusters), with
+every prompt of a set kept together; an interval over training runs resamples seeds.
+
+* `cluster_bootstrap(statistic, clusters)`: a percentile bootstrap over clusters of rows, for any
+  statistic of the rows (a mean, a paired difference, an AUC, a rank correlation...).
+* `mean_interval`, `paired_difference`: the two statistics most claims need.
+* `percentile_of(value, null)`: where a value falls among draws of a null (e.g. random heads).
+* `minimum_detectable_effect`, `units_needed`: what a design could have detected, and the number
+  of units (demonstration sets, seeds) that would detect a given effect.
+* `spearman`, `pearson`, `auc`: scipy's rank correlation, correlation and Mann-Whitney AUC.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats as _st
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a bootstrap interval over `n_units` resampled units."""
+
+    estimate: float
+    low: float
+    high: float
+    se: float  # bootstrap standard error
+    n_units: int
+    unit: str
+    confidence: float = CONFIDENCE
+
+    def __str__(self) -> str:
+        return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+    def shifted(self, by: float) -> "Interval":
+        """The same interval with `by` subtracted (e.g. an accuracy minus chance)."""
+        return Interval(self.estimate - by, self.low - by, self.high - by, self.se, self.n_units, self.unit,
+                        self.confidence)
+
+
+def _as_array(x) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
+                      seed: int = 0, unit: str = "demonstration set") -> Interval:
+    """Percentile bootstrap of `statistic(rows)` resampling whole clusters of rows.
+
+    statistic: a function of an integer array of row indices (rows of one cluster stay together;
+    a cluster drawn twice contributes its rows twice) returning a float.
+    clusters: one label per row (e.g. the demonstration set each prompt was built with). With one
+    row per cluster this is the ordinary bootstrap over rows.
+    """
+    labels = np.asarray(clusters)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError("clusters must be a non-empty 1-d sequence: one label per row")
+    members = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+    if len(members) < 2:
+        raise ValueError(
+            f"An interval needs at least two independent {unit}s; got {len(members)}. "
+            f"Draw more {unit}s (e.g. more demonstration sets or seeds).")
+
+    def on_clusters(picked):
+        return statistic(np.concatenate([members[int(i)] for i in picked]))
+
+    estimate = float(statistic(np.arange(len(labels))))
+    with warnings.catch_warnings():  # a statistic constant over resamples is a valid (zero-width) answer
+        warnings.simplefilter("ignore", category=getattr(_st, "DegenerateDataWarning", RuntimeWarning))
+        result = _st.bootstrap((np.arange(len(members)),), on_clusters, vectorized=False, n_resamples=n_resamples,
+                               confidence_level=confidence, method="percentile",
+                               rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return Interval(estimate, float(low), float(high), float(result.standard_error), len(members), unit, confidence)
+
+
+def mean_interval(values, clusters, **kwargs) -> Interval:
+    """Mean of per-row values, resampling clusters (e.g. prompts grouped by demonstration set)."""
+    values = _as_array(values)
+    if len(values) != len(clusters):
+        raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels")
+    return cluster_bootstrap(lambda rows: values[rows].mean(), clusters, **kwargs)
+
+
+def paired_difference(treated, control, clusters, **kwargs) -> Interval:
+    """Mean of treated - control over the same rows (e.g. ablated minus clean on the same prompts)."""
+    treated, control = _as_array(treated), _as_array(control)
+    if treated.shape != control.shape:
+        raise ValueError(f"paired values must have one shape; got {treated.shape} and {control.shape}")
+    return mean_interval(treated - control, clusters, **kwargs)
+
+
+def percentile_of(value: float, null) -> float:
+    """Percentage of the null draws below `value` (ties count half): 100 = above every draw."""
+    null = _as_array(null).ravel()
+    if len(null) == 0:
+        raise ValueError("the null distribution is empty: draw some baselines first")
+    return float(_st.percentileofscore(null, value, kind="mean"))
+
+
+def _z(p: float) -> float:
+    return float(_st.norm.ppf(p))
+
+
+def minimum_detectable_effect(se: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """Smallest true effect a design with standard error `se` detects with probability `power`
+    at the given two-sided confidence: (z_{1-alpha/2} + z_power) * se (about 2.8 se)."""
+    return (_z(1 - (1 - confidence) / 2) + _z(power)) * se
+
+
+def units_needed(se: float, n_units: int, effect: float, confidence: float = CONFIDENCE, power: float = POWER) -> int:
+    """Units (demonstration sets, seeds) at which `effect` becomes the minimum detectable effect,
+    assuming the standard error shrinks as 1/sqrt(n)."""
+    if effect <= 0:
+        raise ValueError("effect must be positive")
+    mde = minimum_detectable_effect(se, confidence, power)
+    return max(n_units, math.ceil(n_units * (mde / effect) ** 2))
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equally long sequences or equally shaped tensors (flattened)."""
+    a, b = _as_array(a).ravel(), _as_array(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs equally many values; got {a.size} and {b.size}")
+    return float(_st.spearmanr(a, b).statistic)
+
+
+def pearson(a, b) -> float:
+    """Pearson correlation of two equally long sequences or equally shaped tensors (flattened)."""
+    a, b = _as_array(a).ravel(), _as_array(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"pearson needs equally many values; got {a.size} and {b.size}")
+    return float(_st.pearsonr(a, b).statistic)
+
+
+def auc(positive, negative) -> float:
+    """P(a random positive score > a random negative score), ties counting half (Mann-Whitney U / n+ n-)."""
+    positive, negative = _as_array(positive).ravel(), _as_array(negative).ravel()
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    return float(_st.mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))

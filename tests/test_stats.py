@@ -1,0 +1,74 @@
+"""Intervals, nulls and design sizes against closed forms."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from icl_utils.stats import (auc, cluster_bootstrap, mean_interval, minimum_detectable_effect, paired_difference,
+                             pearson, percentile_of, spearman, units_needed)
+
+
+def test_bootstrap_of_a_mean_matches_the_normal_interval():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=400)
+    ci = mean_interval(x, np.arange(len(x)), n_resamples=4000)
+    se = x.std(ddof=1) / math.sqrt(len(x))
+    assert ci.estimate == pytest.approx(x.mean())
+    assert ci.se == pytest.approx(se, rel=0.1)
+    assert ci.low == pytest.approx(x.mean() - 1.96 * se, abs=0.3 * se)
+    assert ci.high == pytest.approx(x.mean() + 1.96 * se, abs=0.3 * se)
+    assert ci.n_units == 400
+
+
+def test_clustered_rows_give_a_wider_interval_than_rows_treated_as_independent():
+    # 10 clusters of 20 rows; rows of a cluster share a large cluster effect
+    rng = np.random.default_rng(1)
+    effects = rng.normal(0, 1, size=10)
+    clusters = np.repeat(np.arange(10), 20)
+    x = effects[clusters] + rng.normal(0, 0.1, size=200)
+    clustered = mean_interval(x, clusters)
+    naive = mean_interval(x, np.arange(200))
+    assert clustered.n_units == 10
+    assert clustered.se > 3 * naive.se
+    # the clustered standard error is the standard error of the 10 cluster means
+    assert clustered.se == pytest.approx(effects.std(ddof=0) / math.sqrt(10), rel=0.25)
+
+
+def test_paired_difference_removes_what_the_pairs_share():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 5, size=300)
+    treated = base + 0.5 + rng.normal(0, 0.1, size=300)
+    ci = paired_difference(treated, base, np.arange(300))
+    assert ci.estimate == pytest.approx(0.5, abs=0.02) and ci.high - ci.low < 0.05
+
+
+def test_any_statistic_of_rows_can_be_bootstrapped():
+    x = np.arange(12.0)
+    ci = cluster_bootstrap(lambda rows: float(np.median(x[rows])), np.repeat([0, 1, 2, 3], 3))
+    assert ci.estimate == 5.5 and ci.low <= 5.5 <= ci.high
+
+
+def test_one_cluster_is_refused_with_advice():
+    with pytest.raises(ValueError, match="at least two independent demonstration sets"):
+        mean_interval([1.0, 2.0], [0, 0])
+
+
+def test_percentile_and_design_size_closed_forms():
+    assert percentile_of(10, range(10)) == 100
+    assert percentile_of(-1, range(10)) == 0
+    assert percentile_of(4, range(10)) == pytest.approx(45)
+    assert minimum_detectable_effect(1.0) == pytest.approx(st.norm.ppf(0.975) + st.norm.ppf(0.8))
+    # the standard error halves with 4x the units
+    assert units_needed(0.1, 8, minimum_detectable_effect(0.05)) == 32
+    assert units_needed(0.1, 8, 10.0) == 8  # already detectable: no more units
+
+
+def test_rank_statistics_match_closed_forms():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert auc([3, 4], [1, 2]) == 1.0
+    assert auc([1, 2], [3, 4]) == 0.0
+    assert auc([1, 2], [1, 2]) == 0.5  # ties count half
+    assert math.isnan(auc([], [1]))
