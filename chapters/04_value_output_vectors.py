@@ -68,7 +68,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "gpt2-large" or "meta-llama/Llama-2-7b-hf"
-TASK = "sentiment_words"
+TASK = "animal_vehicle"  # chapter 1's main task (its selection-pool choice)
 DEMOS_PER_CLASS = 8
 N_RANK_PROMPTS = 16  # prompts used to find the in-context heads (seed SEED)
 N_PROMPTS = 32  # prompts analysed here (seed SEED + 1)

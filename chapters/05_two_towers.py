@@ -62,7 +62,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "meta-llama/Llama-2-7b-hf"; for GPT-2 part 5 is skipped with a message
-TASK = "sentiment_words"
+TASK = "animal_vehicle"  # chapter 1's main task (its selection-pool choice)
 DEMOS_PER_CLASS = 8
 N_RANK_PROMPTS = 16  # prompts used to find the in-context heads (seed SEED)
 N_GROUPS = 4  # groups of prompts sharing their demonstrations (seed SEED + 1)

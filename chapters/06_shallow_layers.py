@@ -81,7 +81,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "gpt2-large" or "meta-llama/Llama-2-7b-hf"
-TASK = "sentiment_words"
+TASK = "animal_vehicle"  # chapter 1's main task (its selection-pool choice)
 DEMOS_PER_CLASS = 8
 N_PROMPTS = 32
 K_FRACTIONS = [0, 0.17, 0.33, 0.5, 1.0]  # query → last: knock out the first / last round(f * n_layers) layers

@@ -86,7 +86,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "meta-llama/Llama-2-7b-hf" (the paper's model); GPT-2 skips the recency fix
-TASK = "sentiment_words"  # chapters 3-5's task
+TASK = "animal_vehicle"  # chapter 1's main task, as in chapters 3-5
 RANK_DEMOS_PER_CLASS = 8  # the heads are found on chapter 5's ranking prompts (seed SEED)
 N_RANK_PROMPTS = 16
 N_HEADS = 3  # in-context heads that take the fixes (chapter 5's top 3); ~1% of heads on a 7B model

@@ -36,10 +36,9 @@
 # its last cell, unless `ALLOW_PARTIAL` is set. To fill the table, run the chapters first, e.g.
 # `python scripts/run_chapters.py` (which runs this one last).
 #
-# The verdicts are the chapters' own text; for colour and counting they are sorted into groups by
-# their first words: *reproduced*, *partly reproduced*, *not reproduced*, *differs* (a result
-# that disagrees for a stated reason, such as the model's size) and *other* (anything else, such
-# as "not testable" or a chapter's answer to an open question).
+# Graded claims carry the verdict enum of `icl_utils.reporting.Verdict` (reproduced, contradicted,
+# inconclusive, not testable, differs) with the estimate, its interval and the smallest effect
+# that counts; rows from chapters not yet on that standard are shown as *not graded*.
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
@@ -82,7 +81,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import HTML, Markdown, display
 
-from icl_utils.reporting import RESULTS_DIR, claims_table, load_results, save_results
+from icl_utils.reporting import RESULTS_DIR, load_results, save_results
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
@@ -184,46 +183,63 @@ if problems:
 status.round(1)
 
 # %% [markdown]
-# ## Every claim, paper against book
-#
-# One row per claim, in chapter order. Green: reproduced; amber: partly reproduced; red: not
-# reproduced; blue: differs for a stated reason; grey: other. The *book* column is the figure the chapter
-# computed when it ran, on the model and parameters shown above.
+# Chapter 1 chooses the default model and the main task on its selection pool; the chapters after
+# it should have run with that choice.
 
 # %%
-GROUPS = ["reproduced", "partly reproduced", "not reproduced", "differs", "other"]
-COLOURS = {"reproduced": "#d4efdf", "partly reproduced": "#fdebd0", "not reproduced": "#f5b7b1",
-           "differs": "#d6eaf8", "other": "#e5e7e9"}
+by_name = {c["name"]: c["payload"]["results"] for c in fresh}
+chosen = by_name.get("01_icl_with_unrelated_labels", {})
+later_tasks = {name: r.get("task") for name, r in by_name.items() if r.get("task")}
+if chosen:
+    mismatched = {name: t for name, t in later_tasks.items() if t != chosen.get("main_task")}
+    print(f"chapter 1 chose model {chosen.get('chosen_model')} and main task {chosen.get('main_task')}; "
+          f"this table is for {MODEL}; later chapters ran on: {later_tasks or 'no recorded task'}")
+    if chosen.get("chosen_model") != MODEL or mismatched:
+        display(HTML('<div style="border: 3px solid #c0392b; padding: 0.6em; color: #c0392b; font-weight: bold">'
+                     f"The book's settings differ from chapter 1's measured choice: model {MODEL} vs "
+                     f"{chosen.get('chosen_model')}; tasks {mismatched}. Update the parameters cells.</div>"))
+
+# %% [markdown]
+# ## Every claim, paper against book
+#
+# One row per claim, in chapter order. Chapters on the book's evidence standard declare each claim
+# before its numbers and grade it with one function (`icl_utils.reporting.grade`): green
+# *reproduced*, red *contradicted*, amber *inconclusive* (the row says how small an effect the
+# design could detect and how many units would settle it), grey *not testable* (the claim's
+# precondition failed), blue *differs* (a stated structural reason). Chapters not yet moved to
+# that standard still carry a hand-written verdict; their rows are marked *not graded* (white) and
+# are counted apart. The *book* column is the figure the chapter computed when it ran, on the
+# model and parameters shown above.
+
+# %%
+from icl_utils.reporting import TABLE_COLUMNS, Verdict
+
+GROUPS = [v.value for v in Verdict] + ["not graded"]
+COLOURS = {"reproduced": "#d4efdf", "contradicted": "#f5b7b1", "inconclusive": "#fdebd0", "not testable": "#e5e7e9",
+           "differs": "#d6eaf8", "not graded": "#ffffff"}
 
 
-def verdict_group(verdict):
-    """Sort a chapter's verdict text into one of GROUPS by its first words."""
-    v = verdict.strip().lower()
-    if v.startswith("not reproduced"):
-        return "not reproduced"
-    if v.startswith("partly"):
-        return "partly reproduced"
-    if v.startswith("reproduced"):
-        return "reproduced"
-    if v.startswith("differs"):
-        return "differs"
-    return "other"
+def verdict_group(row):
+    """The verdict enum for graded rows; 'not graded' for a hand-written verdict."""
+    return row["verdict"] if row.get("graded") and row["verdict"] in COLOURS else "not graded"
 
 
 rows = []
 for c in fresh:
-    table = claims_table(c["payload"]["claims"])
-    table.insert(0, "chapter", c["title"].split(".")[0])  # the chapter's number, as in the list above
-    rows.append(table)
-claims = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["chapter", "claim", "paper", "book", "verdict"])
-claims["group"] = claims["verdict"].map(verdict_group)
+    for claim in c["payload"]["claims"]:
+        rows.append({"chapter": c["title"].split(".")[0], **{k: claim.get(k, "") for k in TABLE_COLUMNS},
+                     "group": verdict_group(claim)})
+claims = pd.DataFrame(rows, columns=["chapter", *TABLE_COLUMNS, "group"])
+claims.loc[claims.group == "not graded", "verdict"] = "not graded: " + claims.loc[claims.group == "not graded", "verdict"].astype(str)
 
 
 def colour_rows(row):
     return [f"background-color: {COLOURS[row['group']]}; color: black"] * len(row)
 
 
-(claims.style.apply(colour_rows, axis=1)
+(claims.fillna("").style.apply(colour_rows, axis=1)
+ .format({"estimate": lambda v: f"{v:+.3f}" if isinstance(v, float) else v,
+          "smallest effect": lambda v: f"{v:g}" if isinstance(v, float) else v})
  .hide(axis="index").hide(["group"], axis="columns")
  .set_properties(**{"text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
  .set_properties(subset=["chapter"], **{"text-align": "center"})
@@ -280,10 +296,13 @@ print(f"chapter runtime: {time.time() - start:.1f} s")
 
 # %% [markdown]
 # **Reading the table.** The paper column reports 7B-scale models (Llama-7B, GPT-J) on sentence
-# datasets; the book column a 270M-parameter model on short word tasks, with a few dozen prompts
-# per measurement. A claim marked *not reproduced* here is a finding about the small model under
-# these settings, not a refutation of the paper: each chapter's own verdict section says what
-# differs and how to rerun it on a larger model (e.g. on Colab, via the `MODEL` parameter).
+# datasets; the book column a 270M-parameter model on the book's word and sentence tasks. A
+# *contradicted* verdict means the interval rules out the smallest effect the claim needs on this
+# model and these prompts: a finding about the small model, not a refutation of the paper. An
+# *inconclusive* verdict is a statement about the design: its row gives the smallest effect the
+# sample could detect and the number of units that would settle it. Each chapter's verdict section
+# says what differs and how to rerun it on a larger model (e.g. on Colab, via the `MODEL`
+# parameter).
 
 # %%
 if problems and not ALLOW_PARTIAL:

@@ -198,12 +198,16 @@ def _prefix_groups(prompts: list, batch_size: int) -> list:
 
 @torch.no_grad()
 def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = True, desc: str = "scoring",
-                  share_prefix: bool = False) -> ICLScores:
+                  share_prefix: bool = False, normaliser: bool = True) -> ICLScores:
     """Label-word logits at the last position of every prompt, in batches (one forward each).
 
     share_prefix: batch prompts that share their demonstrations (e.g. from build_prompt_groups)
     and run the shared demonstrations once per batch: the same numbers, several times faster.
+    normaliser: also the log-sum-exp over the whole vocabulary (for gold_log_prob); False
+    unembeds only the label words (Gemma's vocabulary has 262k tokens).
     """
+    if not prompts:
+        raise ValueError("score_prompts needs at least one prompt")
     classes = list(prompts[0].label_words)
     words = prompts[0].label_words
     ids = torch.tensor(label_token_ids(info.tokenizer, [words[c] for c in classes]))
@@ -214,11 +218,14 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
     for idx in tqdm(order, desc=desc, disable=not progress, leave=False):
         batch = encode_prompts(info, [prompts[i] for i in idx])
         hidden = (last_position_hidden_shared_prefix if share_prefix else last_position_hidden)(info, batch)
-        logits = info.logits_from_final_hidden(hidden).float()
-        rows[idx] = logits[:, ids.to(hidden.device)].cpu()
-        normalisers[idx] = torch.logsumexp(logits, dim=-1).cpu()
+        if normaliser:
+            logits = info.logits_from_final_hidden(hidden).float()
+            rows[idx] = logits[:, ids.to(logits.device)].cpu()
+            normalisers[idx] = torch.logsumexp(logits, dim=-1).cpu()
+        else:
+            rows[idx] = info.label_logits(hidden, ids).float().cpu()
     gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(rows, gold, classes, dict(words), normalisers, demo_set_ids(prompts))
+    return ICLScores(rows, gold, classes, dict(words), normalisers if normaliser else None, demo_set_ids(prompts))
 
 
 def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLScores:
@@ -300,3 +307,28 @@ def score_head_ablations(info, prompts: list, head_sets: list, rows_per_pass: in
     demo_sets = demo_set_ids(prompts)
     return [ICLScores(logits[i], gold, classes, words, norms[i] if normaliser else None, demo_sets)
             for i in range(len(head_sets))]
+
+
+def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",
+                   pool: str = "evaluation", calibration_per_class: int = 4, seed: int = 0) -> tuple:
+    """The book's standard design: `n_groups` demonstration sets, each with its own
+    `queries_per_group` queries from `pool` (balanced over the classes), plus calibration
+    prompts for each set. Returns (prompts, calibration prompts), ready for score_calibrated
+    or score_head_ablations; the demonstration set is the unit intervals resample."""
+    from .prompts import build_prompt_groups, calibration_prompts
+
+    groups = build_prompt_groups(task, n_groups, queries_per_group, demos_per_class=demos_per_class,
+                                 label_words=label_words, seed=seed, distinct_queries=True, pool=pool)
+    prompts = [p for group in groups for p in group]
+    return prompts, calibration_prompts(task, prompts, per_class=calibration_per_class, seed=seed)
+
+
+def score_task(info, task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",
+               pool: str = "evaluation", calibration_per_class: int = 4, seed: int = 0, batch_size: int = 16,
+               normaliser: bool = False) -> ICLScores:
+    """Scores of design_prompts(...), calibrated on their calibration prompts, each set of
+    demonstrations run once for all its queries."""
+    prompts, calibration = design_prompts(task, n_groups, queries_per_group, demos_per_class, label_words, pool,
+                                          calibration_per_class, seed)
+    return score_calibrated(info, prompts, calibration, batch_size=batch_size, progress=False, share_prefix=True,
+                            normaliser=normaliser)

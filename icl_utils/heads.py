@@ -38,6 +38,7 @@ class HeadRanking:
     words: list  # label words, in class order
     per_prompt: torch.Tensor | None = None  # (n_prompts, n_layers, n_heads) S for the gold word
     demo_set: np.ndarray | None = None  # (n_prompts,) demonstration set of each prompt
+    queries: list | None = None  # the ranking prompts' queries, so later tests can prove they are held out
 
     def top(self, n: int) -> list:
         """The n in-context heads: largest S for the gold label."""
@@ -65,14 +66,24 @@ class HeadRanking:
         draws = [np.concatenate([sets[i] for i in rng.integers(len(sets), size=len(sets))]) for _ in range(n_resamples)]
         return torch.stack([self.per_prompt[torch.as_tensor(rows)].mean(0) for rows in draws])
 
+    def check_held_out(self, prompts: list) -> None:
+        """Refuse prompts whose query was used to rank these heads (selection leaking into evaluation)."""
+        if self.queries is None:
+            raise ValueError("this ranking does not record its queries; rank again with rank_heads")
+        leaked = sorted({p.query for p in prompts} & set(self.queries))
+        if leaked:
+            raise ValueError(f"{len(leaked)} evaluation queries were used to rank the heads (e.g. {leaked[:3]}): build "
+                             f"evaluation prompts with pool='evaluation' and rank on pool='selection'")
+
     def to_json(self) -> dict:
         return {"importance": self.importance.tolist(), "label_attention": self.label_attention.tolist(),
-                "per_label": {w: s.tolist() for w, s in self.per_label.items()}, "words": list(self.words)}
+                "per_label": {w: s.tolist() for w, s in self.per_label.items()}, "words": list(self.words),
+                "queries": list(self.queries or [])}
 
     @classmethod
     def from_json(cls, data: dict) -> "HeadRanking":
         return cls(torch.tensor(data["importance"]), {w: torch.tensor(s) for w, s in data["per_label"].items()},
-                   torch.tensor(data["label_attention"]), list(data["words"]))
+                   torch.tensor(data["label_attention"]), list(data["words"]), queries=data.get("queries"))
 
 
 def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> HeadRanking:
@@ -89,7 +100,7 @@ def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bo
             raise ValueError(f"no prompt has gold label {word!r}: rank heads on prompts balanced over the classes")
         per_label[word] = scores[f"importance_{word}"][mask].mean(0)
     return HeadRanking(scores["importance"].mean(0), per_label, scores["label_attention"].mean(0), words,
-                       scores["importance"], demo_set_ids(prompts))
+                       scores["importance"], demo_set_ids(prompts), [p.query for p in prompts])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -155,11 +155,16 @@ class Claim:
         return {**asdict(self), "graded": False}
 
 
-def claims_table(claims: list):
-    """The claims (GradedClaim or Claim) as a pandas DataFrame, one row each."""
+TABLE_COLUMNS = ["claim", "paper", "book", "estimate", "interval", "smallest effect", "verdict", "settle"]
+
+
+def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
+    """The claims (GradedClaim or Claim) as a pandas DataFrame, one row each; `columns=None` keeps
+    every field (metric, direction, unit, ...)."""
     import pandas as pd
 
-    return pd.DataFrame([c.row() for c in claims])
+    table = pd.DataFrame([c.row() for c in claims])
+    return table if columns is None else table.reindex(columns=[c for c in columns if c in table.columns])
 
 
 def save_results(chapter: str, results: dict, claims: list = ()) -> Path:

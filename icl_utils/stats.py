@@ -86,6 +86,18 @@ def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confi
     return Interval(estimate, float(low), float(high), float(result.standard_error), len(members), unit, confidence)
 
 
+def interval_from_draws(estimate: float, draws, n_units: int, unit: str, confidence: float = CONFIDENCE) -> Interval:
+    """A percentile interval from bootstrap draws made elsewhere (e.g. a ranking recomputed on
+    resampled demonstration sets, HeadRanking.resampled_importance)."""
+    draws = _as_array(draws).ravel()
+    draws = draws[np.isfinite(draws)]
+    if len(draws) < 2:
+        raise ValueError("need at least two finite bootstrap draws")
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high), float(draws.std(ddof=1)), n_units, unit, confidence)
+
+
 def mean_interval(values, clusters, **kwargs) -> Interval:
     """Mean of per-row values, resampling clusters (e.g. prompts grouped by demonstration set)."""
     values = _as_array(values)

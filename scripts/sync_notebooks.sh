@@ -4,6 +4,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 for py in "$ROOT"/chapters/*.py; do
-  "$PYTHON" -m jupytext --quiet --to ipynb --output "${py%.py}.ipynb" "$py"
+  "$PYTHON" -m jupytext --quiet --update --to ipynb --output "${py%.py}.ipynb" "$py"
 done
 echo "regenerated $(ls "$ROOT"/chapters/*.py | wc -l) notebooks from chapters/*.py"

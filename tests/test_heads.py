@@ -37,3 +37,38 @@ def test_rank_heads_refuses_prompts_without_one_of_the_labels(info, prompts):
     one_label = [p for p in prompts if p.gold == prompts[0].gold]
     with pytest.raises(ValueError, match="balanced"):
         H.rank_heads(info, one_label, progress=False)
+
+
+def test_resampled_rankings_move_whole_demonstration_sets(info, task):
+    from icl_utils import build_prompt_groups
+
+    groups = build_prompt_groups(task, 2, 2, demos_per_class=1, seed=0, distinct_queries=True, pool="selection")
+    ranking = H.rank_heads(info, [p for g in groups for p in g], progress=False)
+    draws = ranking.resampled_importance(50, seed=0)
+    assert draws.shape == (50, info.n_layers, info.n_heads)
+    # with two sets, every draw is set A twice, B twice or both: three distinct means at most
+    set_means = [ranking.per_prompt[torch.as_tensor(ranking.demo_set == s)].mean(0) for s in sorted(set(ranking.demo_set))]
+    allowed = [set_means[0], set_means[1], (set_means[0] + set_means[1]) / 2]
+    for draw in draws:
+        assert any(torch.allclose(draw, a, atol=1e-5) for a in allowed)
+
+
+def test_find_in_context_heads_ranks_on_the_selection_pool_and_refuses_leaks(info, task, tmp_path, monkeypatch):
+    import icl_utils.reporting as reporting
+    from icl_utils import build_prompts, task_pools
+
+    monkeypatch.setattr(reporting, "RESULTS_DIR", tmp_path)
+    ranking = H.find_in_context_heads(info, task, n_prompts=4, demos_per_class=1, progress=False)
+    selection = {x for xs in task_pools(task)["selection"].values() for x in xs}
+    assert set(ranking.queries) <= selection
+    again = H.find_in_context_heads(info, task, n_prompts=4, demos_per_class=1, progress=False)  # loaded, not re-ranked
+    torch.testing.assert_close(again.importance, ranking.importance)
+    assert again.queries == ranking.queries
+    ranking.check_held_out(build_prompts(task, 8, demos_per_class=1))  # evaluation pool: fine
+    with pytest.raises(ValueError, match="used to rank"):
+        ranking.check_held_out(build_prompts(task, 4, demos_per_class=1, pool="selection"))
+
+
+def test_rank_heads_on_no_prompts_says_what_to_do(info):
+    with pytest.raises(ValueError, match="selection"):
+        H.rank_heads(info, [], progress=False)

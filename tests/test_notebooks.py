@@ -65,3 +65,61 @@ def test_all_chapters_execute_with_small_parameters():
         assert images >= 1, f"{source.stem} produced no figure"
         results = json.loads((ROOT / "results" / f"{source.stem}.json").read_text())
         assert results["claims"] or results["results"].get("gathers_claims"), f"{source.stem} wrote no paper-vs-book claims"
+
+
+# The negative control: a task whose labels were assigned at random has nothing to learn, so no
+# claim graded on it may come out "reproduced" (tests the preconditions and the grading together).
+NEGATIVE_CONTROL = {
+    "01_icl_with_unrelated_labels": {
+        "WORD_TASKS": ["random_labels"], "SENTENCE_TASKS": [], "CONTROL_TASK": "", "DEMOS_PER_CLASS": [0, 8],
+        "N_GROUPS": 4, "QUERIES_PER_GROUP": 8, "N_SELECT_GROUPS": 2, "CALIBRATION_PER_CLASS": 2,
+        "COMPARE_MODELS": ["gemma3-270m"]},
+    "03_in_context_heads": {
+        "TASK": "random_labels", "OTHER_TASK": "animal_vehicle", "DEMOS_PER_CLASS": 2, "QUERIES_PER_GROUP": 4,
+        "N_SELECT_GROUPS": 2, "N_EVAL_GROUPS": 4, "CALIBRATION_PER_CLASS": 1, "HEAD_FRACTIONS": [0.01],
+        "N_RANDOM": 3, "N_BOOTSTRAP": 100},
+}
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("chapter", NEGATIVE_CONTROL)
+def test_nothing_is_reproduced_on_a_task_with_random_labels(chapter, tmp_path):
+    import papermill as pm
+
+    env = {**os.environ, "ICL_RESULTS_DIR": str(tmp_path)}  # the kernel inherits it: the book's results stay untouched
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        pm.execute_notebook(str(ROOT / "chapters" / f"{chapter}.ipynb"), str(tmp_path / f"{chapter}.ipynb"),
+                            parameters=NEGATIVE_CONTROL[chapter], kernel_name="python3", cwd=str(ROOT / "chapters"),
+                            progress_bar=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    claims = json.loads((tmp_path / f"{chapter}.json").read_text())["claims"]
+    verdicts = {c["claim"]: c["verdict"] for c in claims}
+    print(chapter, verdicts)
+    assert claims and all(c["graded"] for c in claims)
+    assert set(verdicts.values()) <= {"not testable", "contradicted"}, verdicts
+
+
+def _parameter_names(source: Path) -> set:
+    notebook = jupytext.read(source)
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{source.name} needs exactly one cell tagged 'parameters'"
+    import ast
+
+    return {t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)}
+
+
+@pytest.mark.parametrize("source", CHAPTER_SOURCES, ids=lambda p: p.stem)
+def test_smoke_and_control_parameters_name_real_parameters(source):
+    """papermill accepts a misspelt parameter silently; this test does not."""
+    import yaml
+
+    smoke = yaml.safe_load((ROOT / "chapters" / "smoke_parameters.yml").read_text()).get(source.stem) or {}
+    names = _parameter_names(source)
+    for where, given in (("smoke_parameters.yml", smoke), ("NEGATIVE_CONTROL", NEGATIVE_CONTROL.get(source.stem, {}))):
+        unknown = set(given) - names
+        assert not unknown, f"{where} sets {sorted(unknown)} for {source.stem}, whose parameters cell has {sorted(names)}"

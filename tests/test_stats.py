@@ -72,3 +72,12 @@ def test_rank_statistics_match_closed_forms():
     assert auc([1, 2], [3, 4]) == 0.0
     assert auc([1, 2], [1, 2]) == 0.5  # ties count half
     assert math.isnan(auc([], [1]))
+
+
+def test_interval_from_draws_is_the_percentile_interval():
+    from icl_utils.stats import interval_from_draws
+
+    draws = np.arange(1001) / 1000.0  # uniform on [0, 1]
+    ci = interval_from_draws(0.5, draws, n_units=6, unit="demonstration set")
+    assert ci.low == pytest.approx(0.025) and ci.high == pytest.approx(0.975)
+    assert ci.se == pytest.approx(draws.std(ddof=1)) and ci.n_units == 6
