@@ -167,7 +167,7 @@ def section_fv(model: str, args) -> dict:
     prompt = corrupted[0]
     ids, mask, last = fv.encode_texts(info, [prompt.text])
     answer = int(fv.answer_ids(info.tokenizer, [prompt])[0])
-    heads = fv.all_heads(info)
+    heads = info.all_heads
 
     def p_answer():
         with torch.no_grad():

@@ -115,7 +115,7 @@ from tqdm.auto import tqdm
 import icl_utils as iu
 from icl_utils.evaluation import score_task
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, save_results
-from icl_utils.stats import cluster_bootstrap, mean_interval, paired_difference
+from icl_utils.stats import mean_interval, paired_difference
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()

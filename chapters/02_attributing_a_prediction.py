@@ -104,7 +104,6 @@ N_RANDOM = 10  # random sets per size
 SEED = 0
 
 # %%
-import copy
 import random
 import time
 from contextlib import ExitStack
@@ -119,16 +118,15 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils import attribution as A
-from icl_utils.evaluation import spearman
+from icl_utils.evaluation import cached_prefix, replay
 from icl_utils.heads import top_heads
+from icl_utils.prompts import pad_right
+from icl_utils.stats import pearson, spearman
+from icl_utils.tracing import set_heads
 from icl_utils.reporting import Claim, claims_table, save_results
 
 sns.set_theme(style="whitegrid", context="notebook")
 torch.set_grad_enabled(False)  # nothing is trained; the screen takes its one gradient inside log_prob_gradient
-
-
-def pearson(a, b) -> float:
-    return float(np.corrcoef(np.asarray(a, dtype=float), np.asarray(b, dtype=float))[0, 1])
 
 
 start = time.time()
@@ -150,19 +148,9 @@ info
 # %%
 def next_token_logits(id_lists: list) -> torch.Tensor:
     """Logits at the last token of each (unpadded) id list, in one right-padded batch: (n, vocab)."""
-    ids, mask, last = pad(id_lists)
+    ids, mask, last = pad_right(tok, id_lists)
     hidden = info.decoder(input_ids=ids.to(info.device), attention_mask=mask.to(info.device), use_cache=False)
     return info.logits_from_final_hidden(hidden.last_hidden_state[torch.arange(len(last)), last]).float().cpu()
-
-
-def pad(id_lists: list) -> tuple:
-    """Right-pad token id lists: (input_ids, attention_mask, last_positions)."""
-    length = max(len(x) for x in id_lists)
-    ids = torch.full((len(id_lists), length), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, x in enumerate(id_lists):
-        ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-    return ids, mask, torch.tensor([len(x) - 1 for x in id_lists])
 
 
 def word(token_id: int) -> str:
@@ -217,7 +205,7 @@ print(f"fact prompt: {FACT_CANDIDATES[fact_index][0]!r}, {len(prompt_ids[1])} to
 # every position (for the head-position split). Every score below is computed from this trace.
 
 # %%
-ids, mask, last = pad(prompt_ids)
+ids, mask, last = pad_right(tok, prompt_ids)
 trace = iu.run_with_trace(
     info, ids, mask, last,
     record=("resid", "head_out", "attn_out", "attn", "qkv", "logits", "mlp_act", "mlp_out"),
@@ -556,8 +544,7 @@ def neuron_table(i: int, n: int = 10) -> pd.DataFrame:
     top = exact["log_prob"][i].nan_to_num(float("-inf")).topk(n).indices
     subs = torch.cat([A.neuron_contributions(info, trace, int(f) // d_ff, torch.tensor([int(f) % d_ff]))[i : i + 1, 0]
                       for f in top], 1)  # (1, n, d)
-    ln_f = A.frozen_norm(info.final_norm, final[i : i + 1][:, None])
-    promoted = (ln_f(subs) @ info.unembed.weight.float().T)[0].topk(6).indices  # (n, 6)
+    promoted = A.vocab_logits(info, subs, final[i : i + 1])[0].topk(6).indices  # (n, 6)
     return pd.DataFrame([
         {"neuron": f"L{int(f) // d_ff}.N{int(f) % d_ff}", "activation": trace.mlp_act[int(f) // d_ff][i, 0, int(f) % d_ff].item(),
          "log-prob inc.": exact["log_prob"][i, f].item(), "prob inc.": exact["prob"][i, f].item(),
@@ -623,9 +610,9 @@ display(pd.DataFrame(where_rows).round(1))
 # score above was measured, and read the target's probability and rank (1 = top). Random sets of
 # the same size are the baseline. Nothing before the last position changes, so the prompt's
 # earlier keys and values are computed once, and all ablations of a prompt run as the rows of one
-# batched one-token step: neurons through `ablate_neurons(..., rows=[r])`, heads by zeroing their
-# attention weights in row r (a head whose attention weights are all zero outputs zero, exactly
-# what `ablate_heads` does; the cell checks that the two agree).
+# batched one-token step (`icl_utils.evaluation.replay`): neurons through
+# `ablate_neurons(..., rows=[r])`, heads through `icl_utils.tracing.set_heads` with one head set per
+# row (the cell checks row 0 against `ablate_heads`).
 #
 # This *total* effect includes how the layers after a zeroed component react at the last
 # position. Beside it we compute the *direct* effect, the one the scores estimate: the chosen
@@ -633,31 +620,16 @@ display(pd.DataFrame(where_rows).round(1))
 
 # %%
 def last_position_runner(ids: list):
-    """rows -> final-normed hidden states (rows, d) at the prompt's last position, reusing the prefix's cache."""
-    prefix = info.decoder(input_ids=torch.tensor([ids[:-1]], device=info.device), use_cache=True).past_key_values
-
-    def run(rows: int = 1) -> torch.Tensor:
-        cache = copy.deepcopy(prefix)  # each step appends to the cache
-        if rows > 1:
-            cache.batch_repeat_interleave(rows)
-        step = torch.tensor([[ids[-1]]] * rows, device=info.device)
-        return info.decoder(input_ids=step, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-    return run
+    """rows -> final-normed hidden states (rows, d) at the prompt's last position, the prefix's keys
+    and values computed once (icl_utils.evaluation.cached_prefix) and the last token replayed."""
+    prefix = cached_prefix(info, torch.tensor([ids[:-1]]))
+    return lambda rows=1: replay(info, prefix, torch.tensor([[ids[-1]]] * rows), repeat=rows)[:, -1]
 
 
 def target_metrics(hidden: torch.Tensor, target: int) -> tuple:
     """(probability of the target, its rank among all tokens, 1 = top) for each row of final hidden states."""
     logits = info.logits_from_final_hidden(hidden).float().cpu()
     return logits.softmax(-1)[:, target], 1 + (logits > logits[:, target : target + 1]).sum(-1)
-
-
-def zero_heads_by_row(head_sets: list):
-    """edit_attention context: in row r, the heads (layer, head) of head_sets[r] attend to nothing, so output zero."""
-    keep = torch.ones(len(head_sets), L, H)
-    for row, heads in enumerate(head_sets):
-        for l, h in heads:
-            keep[row, l, h] = 0.0
-    return iu.edit_attention(info, lambda layer, w, q, k: w * keep[:, layer, :, None, None].to(w))
 
 
 def by_layer(flat: list) -> dict:
@@ -688,7 +660,7 @@ for i, name in enumerate(tqdm(PROMPTS, desc="ablations")):
         sets += [("neurons", k, r, 0, top_neurons(v, k)) for r, v in neuron_rankings(i).items()]
         sets += [("neurons", k, "random", d, rng.sample(range(n_total), k)) for d in range(N_RANDOM)]
     with ExitStack() as stack:  # one row per set, all in one step
-        stack.enter_context(zero_heads_by_row([chosen if unit == "heads" else [] for unit, _, _, _, chosen in sets]))
+        stack.enter_context(set_heads(info, [chosen if unit == "heads" else [] for unit, _, _, _, chosen in sets]))
         for row, (unit, _, _, _, chosen) in enumerate(sets):
             if unit == "neurons":
                 stack.enter_context(iu.ablate_neurons(info, by_layer(chosen), rows=[row]))
@@ -699,7 +671,7 @@ for i, name in enumerate(tqdm(PROMPTS, desc="ablations")):
     print(f"   {len(sets)} ablations in one batched step; row 0 vs ablate_heads: p {p[0]:.6f} vs {p_check.item():.6f}")
     # direct effect: the writes removed from the final residual, the real final norm applied, nothing recomputed
     without = torch.stack([final[i] - direct_write(i, unit, chosen) for unit, _, _, _, chosen in sets])
-    p_direct, rank_direct = target_metrics(info.final_norm(without.to(info.device)), targets[i])
+    p_direct, rank_direct = target_metrics(info.final_norm(without.to(info.device)), targets[i])  # real norm, on the model's device
     for j, (unit, k, ranking, draw, _) in enumerate(sets):
         causal.append({"prompt": name, "components": unit, "k": k, "ranking": ranking, "draw": draw, "p": p[j].item(),
                        "rank": rank[j].item(), "p direct": p_direct[j].item(), "rank direct": rank_direct[j].item(),

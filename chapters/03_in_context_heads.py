@@ -89,7 +89,6 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import display
 
 import icl_utils as iu
 from icl_utils.heads import rank_heads, save_in_context_heads, top_heads
@@ -173,7 +172,7 @@ eval_prompts, eval_calibration = iu.design_prompts(task, N_EVAL_GROUPS, QUERIES_
                                                    pool="evaluation", calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED)
 words = select_prompts[0].label_words  # class -> label word (foo/bar)
 foo_word, bar_word = words[task.classes[0]], words[task.classes[1]]
-all_heads = [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+all_heads = info.all_heads
 print(info)
 print(f"{info.n_total_heads} heads; task {TASK}: {task.classes[0]} -> {foo_word}, {task.classes[1]} -> {bar_word}; "
       f"{len(select_prompts)} ranking prompts in {N_SELECT_GROUPS} demonstration sets (selection pool); "

@@ -84,7 +84,6 @@ import random
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -107,7 +106,7 @@ word_ids = iu.label_token_ids(info.tokenizer, [foo_word, bar_word])
 
 n_ranked = info.n_total_heads // 4
 rng = random.Random(SEED)
-outside_top = [lh for lh in [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+outside_top = [lh for lh in info.all_heads
                if lh not in top_heads(ranking.importance, n_ranked)]
 head_groups = {
     "in-context (top S)": ranking.top(N_TOP_HEADS),

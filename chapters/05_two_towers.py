@@ -81,10 +81,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from tqdm.auto import tqdm
 
 import icl_utils as iu
-from icl_utils.evaluation import batches, spearman
+from icl_utils.evaluation import batches
+from icl_utils.stats import auc, spearman
 from icl_utils.heads import find_in_context_heads
 from icl_utils.prompts import build_prompt_groups, render_prompt
 from icl_utils.qk import attention_logits, capture_rotary, replace_query, unrotate
@@ -246,10 +246,6 @@ embedding = info.model.get_input_embeddings().weight.detach().float()
 def static_embedding(text):
     ids = info.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
     return embedding[ids].mean(0)
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
 sim_rows = []

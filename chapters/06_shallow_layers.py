@@ -105,7 +105,7 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.attribution import attention_block_output
-from icl_utils.evaluation import ICLScores, batches, last_position_hidden
+from icl_utils.evaluation import ICLScores, batches, last_position_hidden, scores_from_hidden
 from icl_utils.knockout import (blocking_mask, knock_out, label_demo_pairs, last_position_runs, last_query_pairs,
                                 random_pairs)
 from icl_utils.prompts import input_positions
@@ -120,7 +120,6 @@ prompts = iu.build_prompts(task, N_PROMPTS, demos_per_class=DEMOS_PER_CLASS, see
 chunks = [iu.encode_prompts(info, chunk) for chunk in batches(prompts, BATCH_SIZE)]
 inputs = [input_positions(info, b) for b in chunks]
 classes, words = list(prompts[0].label_words), prompts[0].label_words
-word_ids = torch.tensor(iu.label_token_ids(info.tokenizer, [words[c] for c in classes]))
 gold = torch.tensor([classes.index(p.gold) for p in prompts])
 
 L = info.n_layers
@@ -147,8 +146,7 @@ print(f"last {q} {tok(q)} cannot see the query input {[tok(k) for k in keys]}")
 # %%
 def scores_of(hidden: torch.Tensor) -> ICLScores:
     """Label-word logits from final-normed hidden states at the last positions (n_prompts, d_model)."""
-    logits = info.logits_from_final_hidden(hidden.to(info.device))[:, word_ids.to(info.device)]
-    return ICLScores(logits.float().cpu(), gold, classes, dict(words))
+    return scores_from_hidden(info, hidden, prompts)
 
 
 def layer_sets(k_values):

@@ -117,7 +117,7 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.debias import minority_scale, positionless_attention, scale_attention
-from icl_utils.evaluation import ICLScores, batches
+from icl_utils.evaluation import batches, concat_scores, scores_from_logits
 from icl_utils.heads import find_in_context_heads
 from icl_utils.prompts import build_prompt_groups, render_prompt
 from icl_utils.reporting import Claim, claims_table, save_results
@@ -128,12 +128,11 @@ info = iu.load_model(MODEL)
 task = iu.load_task(TASK)
 ranking = find_in_context_heads(info, task, N_RANK_PROMPTS, RANK_DEMOS_PER_CLASS, seed=SEED, batch_size=8)
 heads = ranking.top(N_HEADS)
-all_heads = [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
+all_heads = info.all_heads
 random_heads = random.Random(SEED).sample([lh for lh in all_heads if lh not in heads], N_HEADS)
 watched = sorted(set(heads) | set(random_heads))
 classes = task.classes
 words = iu.build_prompts(task, 2, demos_per_class=1, seed=SEED)[0].label_words
-word_ids = torch.tensor(iu.label_token_ids(info.tokenizer, [words[c] for c in classes]))
 print(f"{MODEL}: in-context heads {heads}; random control heads {random_heads}")
 print(f"labels: {', '.join(f'{c} -> {words[c]}' for c in classes)}; {DEMOS_PER_CLASS} demonstrations per label")
 
@@ -145,23 +144,20 @@ print(f"labels: {', '.join(f'{c} -> {words[c]}' for c in classes)}; {DEMOS_PER_C
 # %%
 def run(prompts, fix=None):
     """ICLScores for `prompts` and, per prompt, {head: attention at each label position} (prompt order)."""
-    logits, normalisers, attention = [], [], []
+    logits, attention = [], []
     for chunk in batches(prompts, BATCH_SIZE):
         batch = iu.encode_prompts(info, chunk)
         with fix(batch) if fix else nullcontext():
             trace = iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
                                       layers=sorted({l for l, _ in watched}), record=("attn", "logits"))
-        logits.append(trace.logits[:, 0, word_ids])
-        normalisers.append(torch.logsumexp(trace.logits[:, 0], -1))
+        logits.append(trace.logits[:, 0])
         for i, pos in enumerate(batch.label_positions):
             attention.append({lh: trace.attn[lh[0]][i, lh[1], 0, pos].float() for lh in watched})
-    gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(torch.cat(logits), gold, list(classes), dict(words), torch.cat(normalisers)), attention
+    return scores_from_logits(info.tokenizer, torch.cat(logits), prompts), attention
 
 
 def subset(scores, idx):
-    idx = torch.as_tensor(idx)
-    return ICLScores(scores.label_logits[idx], scores.gold[idx], scores.classes, scores.label_words)
+    return scores.take(idx)
 
 
 def rebalance(on_heads, a_c):
@@ -407,7 +403,7 @@ for d in tqdm(range(N_DEMO_SETS), desc="demonstration sets"):
     orders = order_prompts(d)
     for name, fix in recency_conditions.items():
         runs = [run(prompts, fix) for prompts in orders]
-        pooled = ICLScores(torch.cat([s.label_logits for s, _ in runs]), torch.cat([s.gold for s, _ in runs]), list(classes), dict(words))
+        pooled = concat_scores([s for s, _ in runs])
         for o, ((scores, attn), prompts) in enumerate(zip(runs, orders)):
             correct[name][d, o] = (scores.predictions("batch", reference=pooled) == scores.gold).numpy()
             order_rows.append({"set": d, "order": o, "condition": name, "accuracy": correct[name][d, o].mean(),

@@ -117,7 +117,7 @@ start = time.time()
 timings = {}
 info = iu.load_model(MODEL)
 N = info.n_total_heads
-all_heads = fv.all_heads(info)
+all_heads = info.all_heads
 n_heads_for = lambda percent: max(1, round(percent / 100 * N))  # noqa: E731
 sizes = sorted({n_heads_for(p) for p in HEAD_PERCENTS})
 print(info)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .tracing import Trace, head_writes, run_with_trace
+from .tracing import Trace, head_writes
 
 
 def _on_cpu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +100,7 @@ def target_log_probs(info, resid: torch.Tensor, final: torch.Tensor, targets: to
     bias_u = getattr(info.unembed, "bias", None)
     bias_u = torch.zeros(w_u.shape[0], device=device) if bias_u is None else bias_u.detach().float()
     targets = targets.to(device)
-    softcap = getattr(info.model.config, "final_logit_softcapping", None)
-    cap = (lambda z: torch.tanh(z / softcap) * softcap) if softcap else (lambda z: z)  # noqa: E731
+    cap = info.softcap
     lse = torch.full(x.shape[:-1], -torch.inf, device=device)  # running logsumexp over the vocabulary
     for start in range(0, w_u.shape[0], vocab_chunk):
         z = cap(x @ w_u[start : start + vocab_chunk].float().T + bias_u[start : start + vocab_chunk])
@@ -160,42 +159,6 @@ def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 
     return {"attention": scores[:, : info.n_layers], "mlp": scores[:, info.n_layers :]}
 
 
-@torch.no_grad()
-def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
-    """Score every head on every prompt at its last position, in batches (one traced pass each).
-
-    Returns tensors of shape (n_prompts, n_layers, n_heads):
-      "importance": log-probability increase of the gold label word (the paper's S(l, h));
-      "importance_foo" / "importance_bar" style keys, one per label word: increase of that word;
-      "label_attention": attention mass the head puts on the demonstrations' label positions;
-    and "gold" (n_prompts,) the gold class index.
-    """
-    from tqdm.auto import tqdm
-
-    from .evaluation import batches
-    from .prompts import encode_prompts, label_token_ids
-
-    classes = list(prompts[0].label_words)
-    words = [prompts[0].label_words[c] for c in classes]
-    word_ids = torch.tensor(label_token_ids(info.tokenizer, words))
-    out = {f"importance_{w}": [] for w in words} | {"importance": [], "label_attention": [], "gold": []}
-    for chunk in tqdm(list(batches(prompts, batch_size)), desc="scoring heads", disable=not progress, leave=False):
-        batch = encode_prompts(info, chunk)
-        trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
-                               record=("resid", "head_out", "attn_out", "attn"))
-        gold = torch.tensor([classes.index(g) for g in batch.gold])
-        per_word = head_importance(info, trace, word_ids.expand(len(chunk), -1))  # (batch, L, H, words)
-        for i, w in enumerate(words):
-            out[f"importance_{w}"].append(per_word[..., i])
-        out["importance"].append(per_word[torch.arange(len(chunk)), ..., gold])
-        label_pos = torch.tensor(batch.label_positions)  # (batch, n_demos)
-        mass = [trace.attn[l][:, :, 0].gather(-1, label_pos[:, None].expand(-1, info.n_heads, -1)).sum(-1)
-                for l in range(info.n_layers)]
-        out["label_attention"].append(torch.stack(mass, 1))
-        out["gold"].append(gold)
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # Other scores for the same vectors, a first-order screen, and a head's share per source position
 
@@ -208,9 +171,11 @@ def _vocab_logits(info, x: torch.Tensor, ln_f) -> torch.Tensor:
     return (z if bias_u is None else z + bias_u.detach()).cpu()
 
 
-def _softcap(info, z: torch.Tensor) -> torch.Tensor:
-    softcap = getattr(info.model.config, "final_logit_softcapping", None)
-    return torch.tanh(z / softcap) * softcap if softcap else z
+def vocab_logits(info, vectors: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    """Logits of vectors (batch, n, d) read through the final norm frozen at `final` (batch, d), the
+    model's softcap applied: (batch, n, vocab), on the CPU, from tensors on any device. What a
+    component's write promotes in vocabulary space, on the scale the attribution uses."""
+    return info.softcap(_vocab_logits(info, vectors, frozen_norm(info.final_norm, final[:, None].float())))
 
 
 def _gather_targets(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -273,7 +238,7 @@ def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: t
     ln_f = frozen_norm(info.final_norm, final[:, None].detach().float())
     with torch.enable_grad():  # a few bases: the (batch, n, vocab) logits fit in memory
         x = bases.detach().float().requires_grad_(True)
-        z = _softcap(info, _vocab_logits(info, x, ln_f))
+        z = info.softcap(_vocab_logits(info, x, ln_f))
         log_p = (_gather_targets(z, targets) - torch.logsumexp(z, -1)).sum()
         return torch.autograd.grad(log_p, x)[0]  # only w.r.t. x: no .grad left on the model's parameters
 

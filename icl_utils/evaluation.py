@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import demo_set_ids, encode_prompts, label_token_ids
+from .prompts import build_prompt_groups, calibration_prompts, demo_set_ids, encode_prompts, label_token_ids
 from .stats import auc, spearman  # noqa: F401  (spearman: re-exported for chapters)
+from .tracing import positional_interventions_active, set_heads
 
 
 @dataclass
@@ -138,6 +139,48 @@ class ICLScores:
         return out
 
 
+def scores_from_hidden(info, hidden: torch.Tensor, prompts: list, normaliser: bool = False) -> ICLScores:
+    """ICLScores from final-normed hidden states at each prompt's last position (n_prompts, d_model):
+    only the label words are unembedded, unless `normaliser` (log-sum-exp over the vocabulary)."""
+    classes = list(prompts[0].label_words)
+    ids = label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes])
+    norms = None
+    if normaliser:
+        full = info.logits_from_final_hidden(hidden).float()
+        logits, norms = full[:, torch.as_tensor(ids, device=full.device)].cpu(), torch.logsumexp(full, -1).cpu()
+    else:
+        logits = info.label_logits(hidden, ids).float().cpu()
+    return _scores(logits, prompts, norms)
+
+
+def scores_from_logits(tokenizer, logits: torch.Tensor, prompts: list) -> ICLScores:
+    """ICLScores from next-token logits over the whole vocabulary (n_prompts, vocab), e.g. a trace's."""
+    classes = list(prompts[0].label_words)
+    ids = torch.tensor(label_token_ids(tokenizer, [prompts[0].label_words[c] for c in classes]))
+    return _scores(logits[:, ids].float().cpu(), prompts, torch.logsumexp(logits.float(), -1).cpu())
+
+
+def concat_scores(parts: list) -> ICLScores:
+    """Several ICLScores of the same classes and label words as one."""
+    if not parts:
+        raise ValueError("concat_scores needs at least one ICLScores")
+    first = parts[0]
+    if any(p.classes != first.classes or p.label_words != first.label_words for p in parts):
+        raise ValueError("concat_scores needs scores with the same classes and label words")
+    cat = lambda name: None if any(getattr(p, name) is None for p in parts) else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    demo = None if any(p.demo_set is None for p in parts) else np.concatenate([p.demo_set for p in parts])
+    return ICLScores(torch.cat([p.label_logits for p in parts]), torch.cat([p.gold for p in parts]), first.classes,
+                     first.label_words, cat("log_normaliser"), demo, cat("log_prior"))
+
+
+def _scores(label_logits: torch.Tensor, prompts: list, normalisers: torch.Tensor | None) -> ICLScores:
+    classes = list(prompts[0].label_words)
+    if any(list(p.label_words) != classes or p.label_words != prompts[0].label_words for p in prompts):
+        raise ValueError("all prompts must share their classes and label words to be scored together")
+    gold = torch.tensor([classes.index(p.gold) for p in prompts])
+    return ICLScores(label_logits, gold, classes, dict(prompts[0].label_words), normalisers, demo_set_ids(prompts))
+
+
 def batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -155,37 +198,74 @@ def last_position_hidden(info, batch) -> torch.Tensor:
     return out.last_hidden_state[rows, batch.last_positions.to(info.device)]
 
 
+# ----------------------------------------------------------------------------------------------
+# Replaying the last tokens over a cached prefix: the one mechanism for "run the shared part once"
+
+
+def _refuse_positional(info) -> None:
+    if positional_interventions_active(info):
+        raise RuntimeError(
+            "A replay over cached keys and values (share_prefix=True, score_head_ablations) cannot be combined with "
+            "an intervention at chosen positions (edit_attention, or ablate_heads/ablate_neurons with positions=...): "
+            "run whole prompts (score_prompts(..., share_prefix=False)).")
+
+
+@torch.no_grad()
+def cached_prefix(info, input_ids: torch.Tensor):
+    """Run `input_ids` (rows, n) and keep their keys and values (a transformers cache) for replay."""
+    from transformers import DynamicCache  # one full-length cache per layer, sliding layers included
+
+    cache = DynamicCache()
+    info.decoder(input_ids=input_ids.to(info.device), past_key_values=cache, use_cache=True)
+    return cache
+
+
+@torch.no_grad()
+def replay(info, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, repeat: int = 1,
+           reuse: bool = True, positional_ok: bool = False) -> torch.Tensor:
+    """Run `input_ids` (rows, s) after the cached prefix: final-normed hidden states (rows, s, d_model).
+
+    Exact: the new tokens attend to the same keys and values at the same positions as in one full
+    pass. repeat: each cached row serves `repeat` consecutive rows of input_ids (e.g. one shared
+    set of demonstrations for a group of queries). reuse: copy the cache first, so it can serve
+    again. attention_mask: (rows, prefix + s), for right-padded rows.
+    An intervention active now acts on the new tokens only (and acted on the prefix only if it was
+    active when the prefix ran). Interventions at chosen absolute positions would be misplaced,
+    so they are refused, unless the caller built them for this geometry (positional_ok, e.g. a
+    knock-out mask whose rows are the last positions).
+    """
+    import copy
+
+    if not positional_ok:
+        _refuse_positional(info)
+    if reuse:
+        cache = copy.deepcopy(cache)
+    if repeat > 1:
+        cache.batch_repeat_interleave(repeat)
+    mask = None if attention_mask is None else attention_mask.to(info.device)
+    out = info.decoder(input_ids=input_ids.to(info.device), attention_mask=mask, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state
+
+
+def _shared_prefix_length(batch) -> int:
+    """Tokens every row shares with the first, leaving each row at least one token of its own."""
+    same = (batch.input_ids == batch.input_ids[:1]).long().cumprod(1).sum(1)
+    return int(torch.minimum(same, batch.attention_mask.sum(1) - 1).min())
+
+
 @torch.no_grad()
 def last_position_hidden_shared_prefix(info, batch) -> torch.Tensor:
     """As last_position_hidden, for prompts whose token ids share a prefix (the same demonstrations):
-    the prefix is run once and its keys and values are reused by every prompt's remaining tokens.
-
-    Exact: the remaining tokens attend to the same keys and values at the same positions as in a
-    full pass. Refused while a position-specific intervention is active (positions would shift).
-    """
-    from .tracing import positional_interventions_active
-
-    if positional_interventions_active():
-        raise RuntimeError(
-            "share_prefix=True cannot be combined with an intervention at chosen positions "
-            "(edit_attention, or ablate_heads/ablate_neurons with positions=...): score with share_prefix=False."
-        )
-    lengths = batch.attention_mask.sum(1)
-    ids = batch.input_ids
-    same = (ids == ids[:1]).long().cumprod(1).sum(1)  # common prefix with the first row, per row
-    shared = int(torch.minimum(same, lengths - 1).min())  # leave every row at least one token of its own
+    the prefix runs once and every prompt's remaining tokens are replayed over it (replay)."""
+    shared = _shared_prefix_length(batch)
     if shared == 0:
         return last_position_hidden(info, batch)
-    device = info.device
-    prefix = info.decoder(input_ids=ids[:1, :shared].to(device), use_cache=True)
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(len(ids))
-    rest = info.decoder(
-        input_ids=ids[:, shared:].to(device), attention_mask=batch.attention_mask.to(device),
-        past_key_values=cache, use_cache=True,
-    )
-    rows = torch.arange(len(ids))
-    return rest.last_hidden_state[rows, (batch.last_positions - shared).to(device)]
+    _refuse_positional(info)  # before the prefix runs
+    cache = cached_prefix(info, batch.input_ids[:1, :shared])
+    hidden = replay(info, cache, batch.input_ids[:, shared:], batch.attention_mask, repeat=len(batch.input_ids),
+                    reuse=False)
+    rows = torch.arange(len(batch.input_ids))
+    return hidden[rows.to(hidden.device), (batch.last_positions - shared).to(hidden.device)]
 
 
 def _prefix_groups(prompts: list, batch_size: int) -> list:
@@ -208,24 +288,17 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
     """
     if not prompts:
         raise ValueError("score_prompts needs at least one prompt")
-    classes = list(prompts[0].label_words)
-    words = prompts[0].label_words
-    ids = torch.tensor(label_token_ids(info.tokenizer, [words[c] for c in classes]))
     order = _prefix_groups(prompts, batch_size) if share_prefix else [
         list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
-    rows = torch.zeros(len(prompts), len(classes))
-    normalisers = torch.zeros(len(prompts))
+    parts, rows = [], []
     for idx in tqdm(order, desc=desc, disable=not progress, leave=False):
-        batch = encode_prompts(info, [prompts[i] for i in idx])
+        chunk = [prompts[i] for i in idx]
+        batch = encode_prompts(info, chunk)
         hidden = (last_position_hidden_shared_prefix if share_prefix else last_position_hidden)(info, batch)
-        if normaliser:
-            logits = info.logits_from_final_hidden(hidden).float()
-            rows[idx] = logits[:, ids.to(logits.device)].cpu()
-            normalisers[idx] = torch.logsumexp(logits, dim=-1).cpu()
-        else:
-            rows[idx] = info.label_logits(hidden, ids).float().cpu()
-    gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    return ICLScores(rows, gold, classes, dict(words), normalisers if normaliser else None, demo_set_ids(prompts))
+        parts.append(scores_from_hidden(info, hidden, chunk, normaliser=normaliser))
+        rows += idx
+    scores = concat_scores(parts)
+    return scores.take(np.argsort(rows))  # back in the order of `prompts`
 
 
 def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLScores:
@@ -237,12 +310,6 @@ def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLSco
     return both.take(range(n)).calibrated_with(both.take(range(n, n + len(calibration))))
 
 
-def _shared_prefix_length(batch) -> int:
-    """Tokens every row shares with the first, leaving each row at least one token of its own."""
-    same = (batch.input_ids == batch.input_ids[:1]).long().cumprod(1).sum(1)
-    return int(torch.minimum(same, batch.attention_mask.sum(1) - 1).min())
-
-
 @torch.no_grad()
 def score_head_ablations(info, prompts: list, head_sets: list, rows_per_pass: int = 64, normaliser: bool = False,
                          progress: bool = True, desc: str = "head ablations") -> list:
@@ -251,62 +318,47 @@ def score_head_ablations(info, prompts: list, head_sets: list, rows_per_pass: in
 
     Prompts are grouped by demonstration set; for each group, a batch of ablations runs the shared
     demonstrations once per ablation (one row each, that row's heads zeroed via
-    tracing.scale_heads), then every query of the group under every ablation from the cached keys
+    tracing.set_heads), then every query of the group under every ablation from the cached keys
     and values. The same numbers as `with ablate_heads(info, heads): score_prompts(...)` for each
     set, for a fraction of the passes. normaliser: also compute log-sum-exp over the whole
     vocabulary (needed for gold_log_prob; costly on a 262k vocabulary), else only the label logits.
     """
-    from .tracing import positional_interventions_active, scale_heads
-
-    if positional_interventions_active():
-        raise RuntimeError("score_head_ablations shares prefixes and cannot run inside an intervention at chosen positions.")
+    _refuse_positional(info)
     if not head_sets:
         raise ValueError("head_sets is empty: pass a list of head lists, e.g. [[(11, 2)], [(3, 0), (5, 1)]]")
     if not prompts:
         raise ValueError("prompts is empty")
-    masks = torch.ones(len(head_sets), info.n_layers, info.n_heads)
-    for i, heads in enumerate(head_sets):
-        from .tracing import _per_layer
-
-        for layer, hs in _per_layer(info, heads).items():
-            masks[i, layer, hs] = 0.0
     classes = list(prompts[0].label_words)
     ids = label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes])
     logits = torch.zeros(len(head_sets), len(prompts), len(classes))
     norms = torch.zeros(len(head_sets), len(prompts))
     groups = _prefix_groups(prompts, len(prompts))
-    device = info.device
     with tqdm(total=len(groups) * len(head_sets), desc=desc, disable=not progress, leave=False) as bar:
         for idx in groups:
             batch = encode_prompts(info, [prompts[i] for i in idx])
             n_q, shared = len(idx), _shared_prefix_length(batch)
             per_pass = max(1, rows_per_pass // n_q)
             for start in range(0, len(head_sets), per_pass):
-                m = masks[start:start + per_pass]
+                sets = [list(h) for h in head_sets[start:start + per_pass]]
                 if shared > 0:
-                    with scale_heads(info, m):
-                        prefix = info.decoder(input_ids=batch.input_ids[:1, :shared].expand(len(m), -1).to(device),
-                                              use_cache=True)
-                    cache = prefix.past_key_values
-                    cache.batch_repeat_interleave(n_q)
+                    with set_heads(info, sets):  # one row per ablation: its demonstrations under its heads zeroed
+                        cache = cached_prefix(info, batch.input_ids[:1, :shared].expand(len(sets), -1))
+                    with set_heads(info, [s for s in sets for _ in range(n_q)]):
+                        hidden = replay(info, cache, batch.input_ids[:, shared:].repeat(len(sets), 1),
+                                        batch.attention_mask.repeat(len(sets), 1), repeat=n_q, reuse=False)
                 else:
-                    cache = None
-                with scale_heads(info, m.repeat_interleave(n_q, 0)):
-                    rest = info.decoder(input_ids=batch.input_ids[:, shared:].repeat(len(m), 1).to(device),
-                                        attention_mask=batch.attention_mask.repeat(len(m), 1).to(device),
-                                        past_key_values=cache, use_cache=cache is not None)
-                last = (batch.last_positions - shared).repeat(len(m)).to(device)
-                hidden = rest.last_hidden_state[torch.arange(len(last), device=device), last]
-                logits[start:start + len(m), idx] = info.label_logits(hidden, ids).float().cpu().view(len(m), n_q, -1)
+                    with set_heads(info, [s for s in sets for _ in range(n_q)]):
+                        hidden = info.decoder(input_ids=batch.input_ids.repeat(len(sets), 1).to(info.device),
+                                              attention_mask=batch.attention_mask.repeat(len(sets), 1).to(info.device),
+                                              use_cache=False).last_hidden_state
+                last = (batch.last_positions - shared).repeat(len(sets)).to(hidden.device)
+                hidden = hidden[torch.arange(len(last), device=hidden.device), last]
+                logits[start:start + len(sets), idx] = info.label_logits(hidden, ids).float().cpu().view(len(sets), n_q, -1)
                 if normaliser:
                     full = info.logits_from_final_hidden(hidden).float()
-                    norms[start:start + len(m), idx] = torch.logsumexp(full, -1).cpu().view(len(m), n_q)
-                bar.update(len(m))
-    gold = torch.tensor([classes.index(p.gold) for p in prompts])
-    words = dict(prompts[0].label_words)
-    demo_sets = demo_set_ids(prompts)
-    return [ICLScores(logits[i], gold, classes, words, norms[i] if normaliser else None, demo_sets)
-            for i in range(len(head_sets))]
+                    norms[start:start + len(sets), idx] = torch.logsumexp(full, -1).cpu().view(len(sets), n_q)
+                bar.update(len(sets))
+    return [_scores(logits[i], prompts, norms[i] if normaliser else None) for i in range(len(head_sets))]
 
 
 def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",
@@ -315,8 +367,6 @@ def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=
     `queries_per_group` queries from `pool` (balanced over the classes), plus calibration
     prompts for each set. Returns (prompts, calibration prompts), ready for score_calibrated
     or score_head_ablations; the demonstration set is the unit intervals resample."""
-    from .prompts import build_prompt_groups, calibration_prompts
-
     groups = build_prompt_groups(task, n_groups, queries_per_group, demos_per_class=demos_per_class,
                                  label_words=label_words, seed=seed, distinct_queries=True, pool=pool)
     prompts = [p for group in groups for p in group]

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .attribution import _softcap, _vocab_logits, frozen_norm, head_position_contributions, log_prob_increase
+from .attribution import _vocab_logits, frozen_norm, head_position_contributions, log_prob_increase
 from .qk import attention_logits
 from .vocab import label_log_odds
 
@@ -63,7 +63,7 @@ def frozen_logits(info, final: torch.Tensor) -> Callable:
 
     def to_logits(x: torch.Tensor) -> torch.Tensor:
         flat = x.float().cpu().reshape(x.shape[0], -1, x.shape[-1])  # (batch, m, d)
-        z = _softcap(info, _vocab_logits(info, flat, ln_f))
+        z = info.softcap(_vocab_logits(info, flat, ln_f))
         return z.reshape(*x.shape[:-1], z.shape[-1])
 
     return to_logits

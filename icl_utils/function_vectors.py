@@ -8,22 +8,24 @@ the correct answer's first token, averaged over prompts and tasks.
 
 Everything here intervenes at the last token only, so the rest of a prompt runs once: its keys and
 values are cached and the last token is run for many rows at once, each row with its own
-intervention (`last_token_logits` inside `patch_heads_per_row` or `add_per_row`).
+intervention (`last_token_logits` inside `tracing.set_heads` or `tracing.add_to_residual`).
 """
 from __future__ import annotations
 
-import copy
 import json
 import random
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .attribution import frozen_norm
+from .evaluation import cached_prefix, replay
+from .prompts import pad_right
 from .tasks import DATA_DIR
-from .tracing import _per_layer, run_with_trace
+from .tracing import _per_layer, add_to_residual, run_with_trace, set_heads
 
 FV_TASK_DIR = DATA_DIR / "fv_tasks"
 
@@ -116,14 +118,7 @@ def answer_ids(tokenizer, prompts: list) -> torch.Tensor:
 
 def encode_texts(info, texts: list) -> tuple:
     """Right-padded (input_ids, attention_mask, last_positions) for plain texts."""
-    rows = [info.tokenizer(t)["input_ids"] for t in texts]
-    length = max(len(r) for r in rows)
-    pad = info.tokenizer.pad_token_id if info.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    return ids, mask, torch.tensor([len(r) - 1 for r in rows])
+    return pad_right(info.tokenizer, [info.tokenizer(t)["input_ids"] for t in texts])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,114 +149,27 @@ def run_fv_prompts(info, prompts: list, batch_size: int = 8, progress: bool = Fa
 
 
 # ----------------------------------------------------------------------------------------------
-# Interventions that differ from row to row of a batch
-
-
-@contextmanager
-def patch_heads_per_row(info, row_heads: list, values: torch.Tensor, positions=None):
-    """Row r of the next batch gets the heads in row_heads[r] (a list of (layer, head)) replaced by
-    values[layer, head] (values: (n_layers, n_heads, d_head), e.g. mean outputs), before the output
-    projection. positions: None for every position, or a (batch,) LongTensor: one position per row.
-
-    With one head per row this is activation patching of many heads in one pass; with a head set
-    per row it is many mean ablations in one pass (ablate_heads(mode="mean") applied row by row).
-    """
-    pairs_by_layer: dict = {}
-    for row, heads in enumerate(row_heads):
-        for layer, head in _per_layer(info, heads).items():
-            pairs_by_layer.setdefault(layer, []).extend((row, h) for h in head)
-
-    def make_hook(layer, pairs):
-        rows = torch.tensor([r for r, _ in pairs])
-        heads = torch.tensor([h for _, h in pairs])
-
-        def hook(module, args):
-            x = args[0]
-            if x.shape[0] != len(row_heads):
-                raise ValueError(f"patch_heads_per_row got {len(row_heads)} rows of heads but the batch has {x.shape[0]} rows")
-            x = x.view(*x.shape[:-1], info.n_heads, info.d_head).clone()
-            new = values[layer, heads].to(x.device, x.dtype)  # (n_pairs, d_head)
-            r, h = rows.to(x.device), heads.to(x.device)
-            if positions is None:
-                x[r, :, h] = new[:, None]
-            else:
-                x[r, torch.as_tensor(positions, device=x.device)[r], h] = new
-            return (x.flatten(-2),) + tuple(args[1:])
-        return hook
-
-    with ExitStack() as stack:
-        for layer, pairs in pairs_by_layer.items():
-            stack.callback(info.out_projs[layer].register_forward_pre_hook(make_hook(layer, pairs)).remove)
-        yield
-
-
-@contextmanager
-def add_per_row(info, row_additions: list, positions=None):
-    """Row r of the next batch gets vector v added to the residual stream entering layer l, where
-    row_additions[r] = (l, v) (v: (d_model,)), or nothing where it is None. positions: None for every
-    position, or a (batch,) LongTensor. Adding a function vector to a middle layer is this."""
-    by_layer: dict = {}
-    for row, addition in enumerate(row_additions):
-        if addition is not None:
-            layer, vector = addition
-            if not 0 <= layer < info.n_layers:
-                raise ValueError(f"Layer {layer} out of range: the model has {info.n_layers} layers.")
-            by_layer.setdefault(int(layer), []).append((row, vector))
-
-    def make_hook(rows_vectors):
-        rows = torch.tensor([r for r, _ in rows_vectors])
-        vectors = torch.stack([v for _, v in rows_vectors])
-
-        def hook(module, args, kwargs):
-            in_args = bool(args)
-            hidden = (args[0] if in_args else kwargs["hidden_states"]).clone()
-            r, v = rows.to(hidden.device), vectors.to(hidden.device, hidden.dtype)
-            if positions is None:
-                hidden[r] += v[:, None]
-            else:
-                hidden[r, torch.as_tensor(positions, device=hidden.device)[r]] += v
-            if in_args:
-                return (hidden,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
-        return hook
-
-    with ExitStack() as stack:
-        for layer, rows_vectors in by_layer.items():
-            handle = info.layers[layer].register_forward_pre_hook(make_hook(rows_vectors), with_kwargs=True)
-            stack.callback(handle.remove)
-        yield
-
-
-# ----------------------------------------------------------------------------------------------
 # Many rows at the last token of one prompt
 
 
-@torch.no_grad()
 def prefix_cache(info, ids: torch.Tensor):
     """Run every token of one prompt but the last (ids: (seq,)) and keep their keys and values."""
-    out = info.decoder(input_ids=ids[None, :-1].to(info.device), use_cache=True)
-    return out.past_key_values
+    return cached_prefix(info, ids[None, :-1])
 
 
-@torch.no_grad()
 def last_token_logits(info, ids: torch.Tensor, n_rows: int, cache) -> torch.Tensor:
     """Next-token logits at the last token of one prompt, for `n_rows` copies of it in one batch:
     (n_rows, vocab). The other tokens come from `cache` = prefix_cache(info, ids), computed *outside*
     any intervention; interventions active during this call (hooks at "every position") then act on
     the last token only: exactly what patching or ablating at the last position does, since earlier
     positions cannot see the last one. The cache is copied, so it can be reused."""
-    cache = copy.deepcopy(cache)
-    cache.batch_repeat_interleave(n_rows)
-    last = ids[-1:].to(info.device).expand(n_rows, 1)
-    position = torch.tensor([len(ids) - 1], device=info.device)
-    out = info.decoder(input_ids=last, past_key_values=cache, cache_position=position,
-                       position_ids=position.expand(n_rows, 1), use_cache=True)
-    return info.logits_from_final_hidden(out.last_hidden_state[:, 0]).float()
+    hidden = replay(info, cache, ids[-1:].expand(n_rows, 1), repeat=n_rows)
+    return info.logits_from_final_hidden(hidden[:, 0]).float()
 
 
 def patched_answers(info, prompts: list, row_heads: list, values, max_rows: int = 128,
                     progress: bool = False, desc: str = "patched runs") -> tuple:
-    """For every prompt and every row of heads (see patch_heads_per_row; [] = no intervention),
+    """For every prompt and every row of heads (see tracing.set_heads; [] = no intervention),
     the answer's probability and whether it is the top token, with the heads set to `values` at the
     last position. values: (n_layers, n_heads, d_head), or a function prompt -> such a tensor (e.g.
     the means of the prompt's own task). Returns (prob, correct), each (n_prompts, n_rows)."""
@@ -274,21 +182,17 @@ def patched_answers(info, prompts: list, row_heads: list, values, max_rows: int 
         v = values(p) if callable(values) else values
         for start in range(0, len(row_heads), max_rows):
             rows = row_heads[start : start + max_rows]
-            with patch_heads_per_row(info, rows, v):
+            with set_heads(info, rows, values=v):
                 logits = last_token_logits(info, ids, len(rows), cache)
             probs[i, start : start + len(rows)] = torch.softmax(logits, -1)[:, answers[i]].cpu()
             correct[i, start : start + len(rows)] = (logits.argmax(-1) == answers[i]).cpu()
     return probs, correct
 
 
-def all_heads(info) -> list:
-    return [(l, h) for l in range(info.n_layers) for h in range(info.n_heads)]
-
-
 def fv_scores_exact(info, corrupted: list, values, max_rows: int = 128, progress: bool = False) -> torch.Tensor:
     """Each head's indirect effect per prompt: p(answer) with the head's mean patched in at the last
     token of a shuffled-label prompt, minus p(answer) unpatched. (n_prompts, n_layers, n_heads)."""
-    heads = all_heads(info)
+    heads = info.all_heads
     probs, _ = patched_answers(info, corrupted, [[]] + [[h] for h in heads], values, max_rows, progress, "exact patching")
     return (probs[:, 1:] - probs[:, :1]).view(len(corrupted), info.n_layers, info.n_heads)
 
@@ -343,8 +247,6 @@ def function_vector(info, values: torch.Tensor, heads: list) -> torch.Tensor:
     norm), each layer's part goes through that norm linearised at the layer's whole output for
     these values (attribution.frozen_norm), so a layer's heads add up to what the layer writes.
     """
-    from .attribution import frozen_norm
-
     total = torch.zeros(info.d_model)
     for layer, layer_heads in _per_layer(info, heads).items():
         w_o = info.out_proj_weight(layer).detach().float().cpu()
@@ -362,14 +264,14 @@ def function_vector(info, values: torch.Tensor, heads: list) -> torch.Tensor:
 
 
 def answers_with_additions(info, prompts: list, row_additions: list, progress: bool = False) -> tuple:
-    """Like patched_answers, with add_per_row: each row adds its (layer, vector) at the last token."""
+    """Like patched_answers, with tracing.add_to_residual: each row adds its (layer, vector) at the last token."""
     answers = answer_ids(info.tokenizer, prompts)
     probs = torch.zeros(len(prompts), len(row_additions))
     correct = torch.zeros(len(prompts), len(row_additions), dtype=torch.bool)
     for i, p in enumerate(tqdm(prompts, desc="adding vectors", disable=not progress, leave=False)):
         ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
         cache = prefix_cache(info, ids)  # outside the hooks: the additions act on the last token only
-        with add_per_row(info, row_additions):
+        with add_to_residual(info, row_additions):
             logits = last_token_logits(info, ids, len(row_additions), cache)
         probs[i] = torch.softmax(logits, -1)[:, answers[i]].cpu()
         correct[i] = (logits.argmax(-1) == answers[i]).cpu()

@@ -1,7 +1,7 @@
 """The in-context heads (chapter 3), found the same way in every chapter that studies them.
 
 Heads are ranked by the log-probability increase S(l, h) of the label words at the last position,
-averaged over ICL prompts (`attribution.head_scores_over_prompts`). "Foo heads" are the top heads
+averaged over ICL prompts (`head_scores_over_prompts`). "Foo heads" are the top heads
 by S(foo) on gold-foo prompts and "bar heads" the top by S(bar) on gold-bar prompts, as in Yu &
 Ananiadou (2024); a head that copies whichever label matches the input tops both lists, so for
 per-label experiments each head is put on the side where it scores higher (disjoint sets).
@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attribution import head_scores_over_prompts
+from tqdm.auto import tqdm
+
+from .attribution import head_importance
+from .evaluation import batches
 from .models import ModelInfo
-from .prompts import demo_set_ids
+from .prompts import build_prompts, demo_set_ids, encode_prompts, label_token_ids
+from .tracing import run_with_trace
 
 
 def top_heads(values: torch.Tensor, n: int, among: list | None = None) -> list:
@@ -86,6 +90,37 @@ class HeadRanking:
                    torch.tensor(data["label_attention"]), list(data["words"]), queries=data.get("queries"))
 
 
+@torch.no_grad()
+def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
+    """Score every head on every prompt at its last position, in batches (one traced pass each).
+
+    Returns tensors of shape (n_prompts, n_layers, n_heads):
+      "importance": log-probability increase of the gold label word (the paper's S(l, h));
+      "importance_foo" / "importance_bar" style keys, one per label word: increase of that word;
+      "label_attention": attention mass the head puts on the demonstrations' label positions;
+    and "gold" (n_prompts,) the gold class index.
+    """
+    classes = list(prompts[0].label_words)
+    words = [prompts[0].label_words[c] for c in classes]
+    word_ids = torch.tensor(label_token_ids(info.tokenizer, words))
+    out = {f"importance_{w}": [] for w in words} | {"importance": [], "label_attention": [], "gold": []}
+    for chunk in tqdm(list(batches(prompts, batch_size)), desc="scoring heads", disable=not progress, leave=False):
+        batch = encode_prompts(info, chunk)
+        trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+                               record=("resid", "head_out", "attn_out", "attn"))
+        gold = torch.tensor([classes.index(g) for g in batch.gold])
+        per_word = head_importance(info, trace, word_ids.expand(len(chunk), -1))  # (batch, L, H, words)
+        for i, w in enumerate(words):
+            out[f"importance_{w}"].append(per_word[..., i])
+        out["importance"].append(per_word[torch.arange(len(chunk)), ..., gold])
+        label_pos = torch.tensor(batch.label_positions)  # (batch, n_demos)
+        mass = [trace.attn[l][:, :, 0].gather(-1, label_pos[:, None].expand(-1, info.n_heads, -1)).sum(-1)
+                for l in range(info.n_layers)]
+        out["label_attention"].append(torch.stack(mass, 1))
+        out["gold"].append(gold)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> HeadRanking:
     """Score every head on `prompts` (one traced pass per batch) and average into a HeadRanking."""
     if not prompts:
@@ -108,9 +143,9 @@ def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bo
 
 
 def _heads_file() -> Path:
-    from .reporting import RESULTS_DIR
+    from . import reporting  # read at call time: tests and the negative-control run point it elsewhere
 
-    return RESULTS_DIR / "in_context_heads.json"
+    return reporting.RESULTS_DIR / "in_context_heads.json"
 
 
 def save_in_context_heads(info: ModelInfo, task_name: str, ranking: HeadRanking, settings: dict) -> Path:
@@ -134,8 +169,6 @@ def find_in_context_heads(info: ModelInfo, task, n_prompts: int = 32, demos_per_
         if saved.get("model") == info.name and saved.get("task") == task.name:
             print(f"in-context heads: chapter 3's ranking ({path.name}: {saved['settings']})")
             return HeadRanking.from_json(saved["ranking"])
-    from .prompts import build_prompts
-
     print(f"in-context heads: no saved ranking for {info.name} on {task.name}; ranking {n_prompts} selection-pool "
           f"prompts now (chapter 3 saves the book's ranking)")
     prompts = build_prompts(task, n_prompts, demos_per_class=demos_per_class, seed=seed, pool="selection")

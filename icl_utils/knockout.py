@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .evaluation import cached_prefix, replay
 from .tracing import edit_attention
 
 
@@ -144,8 +145,6 @@ def last_position_runs(info, batch, settings: list) -> torch.Tensor:
     prompts of equal length run their prefix once (keys and values cached), then the last token
     alone per setting. Unembed with info.logits_from_final_hidden.
     """
-    from transformers import DynamicCache  # one full-length cache per layer, sliding layers included
-
     lengths = batch.attention_mask.sum(1)
     is_last = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
     is_last[torch.arange(len(lengths)), batch.last_positions] = True
@@ -157,14 +156,12 @@ def last_position_runs(info, batch, settings: list) -> torch.Tensor:
     out = torch.empty(len(settings), len(lengths), info.d_model)
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()
-        ids = batch.input_ids[rows, :length].to(info.device)
-        cache = DynamicCache()
-        info.decoder(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+        ids = batch.input_ids[rows, :length]
+        cache = cached_prefix(info, ids[:, :-1])
         for i, (layers, blocked) in enumerate(settings):
             chosen = _check_layers(info, layers) if blocked is not None else ()
             mask = None if blocked is None else blocked[rows, length - 1 : length, :length]  # the last row only
             with _knock_out_rows(info, {layer: mask for layer in chosen}):
-                step = info.decoder(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
-            cache.crop(length - 1)  # drop the last token's keys and values again
-            out[i, rows] = step.last_hidden_state[:, -1].float().cpu()
+                hidden = replay(info, cache, ids[:, -1:], positional_ok=True)  # the mask's rows are the last positions
+            out[i, rows] = hidden[:, -1].float().cpu()
     return out

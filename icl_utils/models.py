@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ModelNotAvailableError
+from .tracing import use_recording_attention
 
 DEFAULT_MODEL = "gemma3-270m"  # chosen by measurement in chapter 1 (stronger ICL than SmolLM2)
 
@@ -81,6 +82,16 @@ class ModelInfo:
     def n_total_heads(self) -> int:
         return self.n_layers * self.n_heads
 
+    @property
+    def all_heads(self) -> list:
+        """Every head as (layer, head), layer by layer."""
+        return [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's final-logit softcap (Gemma: tanh(z / c) * c), or the logits unchanged."""
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def out_proj_weight(self, layer: int) -> torch.Tensor:
         """W_O of a layer as a (d_model, n_heads * d_head) matrix, for nn.Linear and GPT-2's Conv1D."""
         proj = self.out_projs[layer]
@@ -97,28 +108,25 @@ class ModelInfo:
         return self.out_proj_weight(layer)[:, head * self.d_head : (head + 1) * self.d_head]
 
     def logits_from_final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Unembed final-normed hidden states (only the rows you pass: Gemma's vocabulary is 262k)."""
-        logits = self.unembed(hidden)
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        """Unembed final-normed hidden states (only the rows you pass: Gemma's vocabulary is 262k).
+        Takes `hidden` from any device; the logits come back on hidden's device."""
+        device = self.unembed.weight.device
+        return self.softcap(self.unembed(hidden.to(device, self.unembed.weight.dtype))).to(hidden.device)
 
     def label_logits(self, hidden: torch.Tensor, token_ids) -> torch.Tensor:
         """Logits of the given tokens only, from final-normed hidden states (batch, d_model) ->
         (batch, len(token_ids)): the same numbers as logits_from_final_hidden(...)[:, token_ids]
-        without unembedding the whole vocabulary."""
-        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.unembed.weight.device)
+        without unembedding the whole vocabulary. Returned on hidden's device."""
+        weight = self.unembed.weight
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=weight.device)
         bias = self.unembed.bias[ids] if getattr(self.unembed, "bias", None) is not None else None
-        logits = torch.nn.functional.linear(hidden.to(self.unembed.weight.device), self.unembed.weight[ids], bias)
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        logits = torch.nn.functional.linear(hidden.to(weight.device, weight.dtype), weight[ids], bias)
+        return self.softcap(logits).to(hidden.device)
 
     def logits_from_residual(self, resid: torch.Tensor) -> torch.Tensor:
-        """Final norm + unembedding of residual-stream vectors."""
-        return self.logits_from_final_hidden(self.final_norm(resid))
+        """Final norm + unembedding of residual-stream vectors, from any device, returned on resid's device."""
+        normed = self.final_norm(resid.to(self.unembed.weight.device, self.unembed.weight.dtype))
+        return self.logits_from_final_hidden(normed).to(resid.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,8 +158,6 @@ def load_model(
     if device_map is None:
         model.to(device)
     model.eval()
-    from .tracing import use_recording_attention
-
     use_recording_attention(model)
     return describe_model(model, tokenizer, name)
 

@@ -316,6 +316,21 @@ def label_token_ids(tokenizer, words, fmt: PromptFormat = PromptFormat()) -> lis
     return ids
 
 
+def pad_right(tokenizer, rows: list) -> tuple:
+    """Right-pad lists of token ids: (input_ids, attention_mask, last_positions). Padding after each
+    row keeps its real tokens' positions as in an unpadded run; the one padder of the book."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("pad_right needs at least one row, and no empty rows")
+    length = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.as_tensor(r)
+        attention_mask[i, : len(r)] = 1
+    return input_ids, attention_mask, torch.tensor([len(r) - 1 for r in rows])
+
+
 def encode_prompts(info, prompts: list) -> PromptBatch:
     """Tokenise prompts (right padding) and locate label tokens and the last position."""
     tokenizer = info.tokenizer
@@ -334,17 +349,11 @@ def encode_prompts(info, prompts: list) -> PromptBatch:
             positions.append(_label_token_index(enc["offset_mapping"], span, word, p.text))
         rows.append(ids)
         label_positions.append(positions)
-    length = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        attention_mask[i, : len(r)] = 1
+    input_ids, attention_mask, last_positions = pad_right(tokenizer, rows)
     return PromptBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        last_positions=torch.tensor([len(r) - 1 for r in rows]),
+        last_positions=last_positions,
         label_positions=label_positions,
         label_classes=[[cls for _, cls in p.demos] for p in prompts],
         gold=[p.gold for p in prompts],

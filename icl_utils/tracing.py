@@ -20,9 +20,28 @@ from dataclasses import dataclass, field
 import torch
 
 ATTENTION_NAME = "icl_utils_eager"
-_EDITORS: list = []  # callables (layer, weights, query, key) -> weights or None
-_RECORDERS: list = []  # callables (layer, query, key, value, weights) -> None
-_POSITIONAL: list = []  # one entry per active intervention at chosen positions (see positional_interventions_active)
+_REGISTRY_ATTRIBUTE = "_icl_utils_interventions"
+
+
+@dataclass
+class Interventions:
+    """What is active on one model now. Owned by the model (an attribute of it and of each of its
+    modules), so an edit on one model never fires inside another one."""
+
+    editors: list = field(default_factory=list)  # callables (layer, weights, query, key) -> weights or None
+    recorders: list = field(default_factory=list)  # callables (layer, query, key, value, weights) -> None
+    positional: list = field(default_factory=list)  # one entry per intervention at chosen positions
+
+
+def interventions(info_or_model) -> Interventions:
+    """The intervention registry of a model (a ModelInfo or the nn.Module), created on first use."""
+    model = getattr(info_or_model, "model", info_or_model)
+    registry = getattr(model, _REGISTRY_ATTRIBUTE, None)
+    if registry is None:
+        registry = Interventions()
+        for module in model.modules():  # the attention function finds it from its own module
+            setattr(module, _REGISTRY_ATTRIBUTE, registry)
+    return registry
 
 
 def recording_attention(
@@ -51,15 +70,16 @@ def recording_attention(
         mask = attention_mask[..., :k_len]
         scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    if _EDITORS or _RECORDERS:
+    registry = getattr(module, _REGISTRY_ATTRIBUTE, None)
+    if registry is not None and (registry.editors or registry.recorders):
         layer = module.layer_idx
         key_per_head = key.repeat_interleave(n_rep, dim=1)
-        for edit in _EDITORS:
+        for edit in registry.editors:
             edited = edit(layer, weights, query, key_per_head)
             if edited is not None:
                 weights = edited
-        value_per_head = value.repeat_interleave(n_rep, dim=1) if _RECORDERS else None
-        for record in _RECORDERS:
+        value_per_head = value.repeat_interleave(n_rep, dim=1) if registry.recorders else None
+        for record in registry.recorders:
             record(layer, query, key_per_head, value_per_head, weights)
     output = (weights.reshape(batch, n_kv, n_rep * q_len, k_len) @ value).view(batch, n_heads, q_len, d_head)
     return output.transpose(1, 2).contiguous(), weights
@@ -77,6 +97,7 @@ def use_recording_attention(model) -> None:
         if config is not None and hasattr(config, "_attn_implementation"):
             config._attn_implementation = ATTENTION_NAME
     model.config._attn_implementation = ATTENTION_NAME
+    interventions(model)
 
 
 def _check_recording(info) -> None:
@@ -87,10 +108,12 @@ def _check_recording(info) -> None:
         )
 
 
-def positional_interventions_active() -> bool:
-    """True inside edit_attention, or ablate_heads/ablate_neurons at chosen positions: interventions
-    that index absolute positions, which a pass over part of a sequence would misplace."""
-    return bool(_EDITORS or _POSITIONAL)
+def positional_interventions_active(info) -> bool:
+    """True inside edit_attention, or ablate_heads/ablate_neurons at chosen positions, on this
+    model: interventions that index absolute positions, which a pass over part of a sequence would
+    misplace."""
+    registry = interventions(info)
+    return bool(registry.editors or registry.positional)
 
 
 @contextmanager
@@ -236,7 +259,7 @@ def run_with_trace(
             h = info.layers[info.n_layers - 1].register_forward_hook(record_last_resid)
             stack.callback(h.remove)
         if "attn" in record or "qkv" in record:
-            stack.enter_context(_registered(_RECORDERS, record_attention))
+            stack.enter_context(_registered(interventions(info).recorders, record_attention))
         out = info.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     if "logits" in record:
         final = _gather_positions(out.last_hidden_state, positions)
@@ -261,9 +284,76 @@ def _per_layer(info, heads) -> dict:
     return by_layer
 
 
+def _layer_values(info, values, layer: int, heads: list, like: torch.Tensor) -> torch.Tensor:
+    """(n_heads, d_head) replacement outputs for one layer: zeros, or values[layer, head] for the
+    chosen heads (values: a (n_layers, n_heads, d_head) tensor or a {(layer, head): (d_head,)} dict)."""
+    out = torch.zeros(info.n_heads, info.d_head, device=like.device, dtype=like.dtype)
+    if values is None:
+        return out
+    for h in heads:
+        out[h] = (values[(layer, h)] if isinstance(values, dict) else values[layer, h]).to(like.device, like.dtype)
+    return out
+
+
+@contextmanager
+def set_heads(info, row_heads: list | None = None, heads=None, values=None, positions=None):
+    """Replace heads' outputs (before the output projection) with zeros or given values: the one
+    mechanism behind every head ablation and patch in the book.
+
+    row_heads None: every row of the batch, on `heads` (iterable of (layer, head)). Or one list of
+    (layer, head) per row of the next batch, so that one batch holds many different interventions
+    (e.g. a whole one-head-at-a-time sweep in one pass; [] leaves a row untouched).
+    values: None to zero the heads, or a (n_layers, n_heads, d_head) tensor or a
+    {(layer, head): (d_head,)} dict (e.g. mean outputs) to write instead.
+    positions: None for every position, or a LongTensor of per-row positions, (batch,) or (batch, n_pos).
+    """
+    chosen: dict = {}  # layer -> [(row or None, head)]
+    if row_heads is None:
+        for layer, hs in _per_layer(info, heads if heads is not None else []).items():
+            chosen[layer] = [(None, h) for h in hs]
+    else:
+        for row, row_set in enumerate(row_heads):
+            for layer, hs in _per_layer(info, row_set).items():
+                chosen.setdefault(layer, []).extend((row, h) for h in hs)
+
+    def make_hook(layer, pairs):
+        layer_heads = sorted({h for _, h in pairs})
+
+        def hook(module, args):
+            x = args[0]
+            batch, seq = x.shape[:2]
+            if row_heads is not None and batch != len(row_heads):
+                raise ValueError(f"{len(row_heads)} rows of heads were given but the batch has {batch} rows")
+            x = x.view(batch, seq, info.n_heads, info.d_head)
+            head_mask = torch.zeros(batch, info.n_heads, dtype=torch.bool, device=x.device)
+            for row, h in pairs:
+                head_mask[slice(None) if row is None else row, h] = True
+            if positions is None:
+                where = head_mask[:, None, :].expand(batch, seq, info.n_heads)
+            else:
+                pos = torch.as_tensor(positions, device=x.device)
+                pos = pos[:, None] if pos.ndim == 1 else pos
+                at = torch.zeros(batch, seq, dtype=torch.bool, device=x.device)
+                at[torch.arange(batch, device=x.device)[:, None], pos] = True
+                where = at[:, :, None] & head_mask[:, None, :]
+            new = _layer_values(info, values, layer, layer_heads, x)
+            x = torch.where(where[..., None], new[None, None], x)
+            return (x.flatten(-2),) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, pairs in chosen.items():
+            handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer, pairs))
+            stack.callback(handle.remove)
+        if positions is not None:
+            stack.enter_context(_registered(interventions(info).positional, object()))
+        yield
+
+
 @contextmanager
 def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | None = None):
-    """Replace chosen heads' outputs (before the output projection) with zeros or their means.
+    """Replace chosen heads' outputs (before the output projection) with zeros or their means, in
+    every row of the batch (set_heads does the work).
 
     heads: iterable of (layer, head). positions: None for every position, or a LongTensor
     (batch, n_pos) of per-prompt positions (it must match the batch you then run).
@@ -273,60 +363,43 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
         raise ValueError(f"mode must be 'zero' or 'mean', not {mode!r}")
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs means={(layer, head): tensor of shape (d_head,)}")
-    by_layer = _per_layer(info, heads)
-
-    def make_hook(layer, head_list):
-        def hook(module, args):
-            x = args[0]
-            x = x.view(*x.shape[:-1], info.n_heads, info.d_head).clone()
-            for head in head_list:
-                value = 0.0 if mode == "zero" else means[(layer, head)].to(x.device, x.dtype)
-                if positions is None:
-                    x[:, :, head] = value
-                else:
-                    pos = torch.as_tensor(positions, device=x.device)
-                    pos = pos[:, None] if pos.ndim == 1 else pos
-                    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-                    x[rows, pos, head] = value
-            return (x.flatten(-2),) + tuple(args[1:])
-        return hook
-
-    with ExitStack() as stack:
-        for layer, head_list in by_layer.items():
-            handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer, head_list))
-            stack.callback(handle.remove)
-        if positions is not None:
-            stack.enter_context(_registered(_POSITIONAL, object()))
+    with set_heads(info, heads=heads, values=means if mode == "mean" else None, positions=positions):
         yield
 
 
 @contextmanager
-def scale_heads(info, factors: torch.Tensor):
-    """Multiply each head's output (before the output projection) by a per-row factor, at every
-    position: factors (batch, n_layers, n_heads), 0 to zero a head, 1 to keep it.
+def add_to_residual(info, row_additions: list, positions=None):
+    """Row r of the next batch gets vector v added to the residual stream entering layer l, where
+    row_additions[r] = (l, v) (v: (d_model,)), or nothing where it is None. positions: None for every
+    position, or a (batch,) LongTensor. Adding a function vector to a middle layer is this."""
+    by_layer: dict = {}
+    for row, addition in enumerate(row_additions):
+        if addition is not None:
+            layer, vector = addition
+            if not 0 <= layer < info.n_layers:
+                raise ValueError(f"Layer {layer} out of range: the model has {info.n_layers} layers.")
+            by_layer.setdefault(int(layer), []).append((row, vector))
 
-    One batch can then hold many different head ablations (row i zeroes the heads where
-    factors[i] == 0), e.g. a whole one-head-at-a-time sweep in one forward pass. The batch you run
-    inside the context must have exactly `batch` rows.
-    """
-    factors = torch.as_tensor(factors, dtype=torch.float)
-    if factors.ndim != 3 or tuple(factors.shape[1:]) != (info.n_layers, info.n_heads):
-        raise ValueError(f"factors must have shape (batch, {info.n_layers}, {info.n_heads}), got {tuple(factors.shape)}")
-    layers = [l for l in range(info.n_layers) if not bool((factors[:, l] == 1).all())]
+    def make_hook(rows_vectors):
+        rows = torch.tensor([r for r, _ in rows_vectors])
+        vectors = torch.stack([v for _, v in rows_vectors])
 
-    def make_hook(layer):
-        def hook(module, args):
-            x = args[0]
-            if x.shape[0] != factors.shape[0]:
-                raise ValueError(f"scale_heads was given {factors.shape[0]} rows of factors but the batch has {x.shape[0]}")
-            f = factors[:, layer].to(x.device, x.dtype)[:, None, :, None]
-            x = (x.view(*x.shape[:-1], info.n_heads, info.d_head) * f).flatten(-2)
-            return (x,) + tuple(args[1:])
+        def hook(module, args, kwargs):
+            in_args = bool(args)
+            hidden = (args[0] if in_args else kwargs["hidden_states"]).clone()
+            r, v = rows.to(hidden.device), vectors.to(hidden.device, hidden.dtype)
+            if positions is None:
+                hidden[r] += v[:, None]
+            else:
+                hidden[r, torch.as_tensor(positions, device=hidden.device)[r]] += v
+            if in_args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
         return hook
 
     with ExitStack() as stack:
-        for layer in layers:
-            handle = info.out_projs[layer].register_forward_pre_hook(make_hook(layer))
+        for layer, rows_vectors in by_layer.items():
+            handle = info.layers[layer].register_forward_pre_hook(make_hook(rows_vectors), with_kwargs=True)
             stack.callback(handle.remove)
         yield
 
@@ -380,7 +453,7 @@ def ablate_neurons(info, neurons_by_layer: dict, positions=None, rows=None):
             handle = info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(idx))
             stack.callback(handle.remove)
         if positions is not None:
-            stack.enter_context(_registered(_POSITIONAL, object()))
+            stack.enter_context(_registered(interventions(info).positional, object()))
         yield
 
 
@@ -405,5 +478,5 @@ def edit_attention(info, edit_fn, heads=None):
         keep[chosen[layer]] = False
         return torch.where(keep[None, :, None, None], weights, edited)
 
-    with _registered(_EDITORS, edit):
+    with _registered(interventions(info).editors, edit):
         yield

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from .attribution import frozen_norm, norm_bias
+
 
 @torch.no_grad()
 def project(info, vectors: torch.Tensor) -> torch.Tensor:
     """Logits of vectors (..., d_model) read alone: (..., vocab). Pass few rows (262k vocabulary)."""
-    return info.logits_from_residual(vectors.to(info.device)).float().cpu()
+    return info.logits_from_residual(vectors).float().cpu()
 
 
 def top_tokens(info, vector: torch.Tensor, k: int = 10) -> list:
@@ -29,8 +31,6 @@ def label_log_odds(info, vectors: torch.Tensor, word_ids, frozen_at: torch.Tenso
     difference, so only the two words' unembedding rows are needed; a final-logit softcap is
     applied as the model does.
     """
-    from .attribution import frozen_norm, norm_bias
-
     vectors = vectors.to(info.device)
     if frozen_at is None:
         hidden = info.final_norm(vectors).float()
@@ -41,7 +41,5 @@ def label_log_odds(info, vectors: torch.Tensor, word_ids, frozen_at: torch.Tenso
     bias = getattr(info.unembed, "bias", None)
     if bias is not None:
         z = z + bias.detach().float()[list(word_ids)]
-    softcap = getattr(info.model.config, "final_logit_softcapping", None)
-    if softcap:
-        z = torch.tanh(z / softcap) * softcap
+    z = info.softcap(z)
     return (z[..., 0] - z[..., 1]).cpu()

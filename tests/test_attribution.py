@@ -129,7 +129,7 @@ def test_head_importance_ranks_a_head_that_writes_the_target(info, trace, batch)
 
 def test_head_scores_over_prompts_match_head_importance_for_the_gold_word(info, prompts):
     from icl_utils import encode_prompts, label_token_ids
-    from icl_utils.attribution import head_scores_over_prompts
+    from icl_utils.heads import head_scores_over_prompts
 
     scores = head_scores_over_prompts(info, prompts, batch_size=3, progress=False)
     n = len(prompts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from icl_utils import function_vectors as fv
+from icl_utils import tracing
 from icl_utils.tracing import ablate_heads, head_writes, run_with_trace
 
 from conftest import ANIMALS, VEHICLES
@@ -86,12 +87,12 @@ def test_last_token_logits_equal_a_full_forward(info):
         torch.testing.assert_close(rows, full[i].expand(3, -1), atol=1e-4, rtol=1e-4)
 
 
-def test_patch_heads_per_row_equals_ablate_heads_row_by_row(info):
+def test_set_heads_per_row_equals_ablate_heads_row_by_row(info):
     prompts, means = _prompts(1), _means(info)
     ids = torch.tensor(info.tokenizer(prompts[0].text)["input_ids"])
     rows = [[], [(0, 1)], [(1, 3), (0, 0)], [(1, 0)]]
     cache = fv.prefix_cache(info, ids)
-    with fv.patch_heads_per_row(info, rows, means):
+    with tracing.set_heads(info, rows, values=means):
         patched = fv.last_token_logits(info, ids, len(rows), cache)
     last = torch.tensor([len(ids) - 1])
     as_dict = {(l, h): means[l, h] for l in range(info.n_layers) for h in range(info.n_heads)}
@@ -102,14 +103,14 @@ def test_patch_heads_per_row_equals_ablate_heads_row_by_row(info):
     assert (patched[1] - patched[0]).abs().max() > 1e-3  # the patch did something
 
 
-def test_patch_heads_per_row_checks_rows_and_heads(info):
+def test_set_heads_per_row_checks_rows_and_heads(info):
     with pytest.raises(ValueError, match="out of range"):
-        with fv.patch_heads_per_row(info, [[(info.n_layers, 0)]], _means(info)):
+        with tracing.set_heads(info, [[(info.n_layers, 0)]], values=_means(info)):
             pass
     ids = torch.tensor(info.tokenizer(_prompts(1)[0].text)["input_ids"])
     cache = fv.prefix_cache(info, ids)
     with pytest.raises(ValueError, match="rows of heads"):
-        with fv.patch_heads_per_row(info, [[(0, 0)]] * 2, _means(info)):
+        with tracing.set_heads(info, [[(0, 0)]] * 2, values=_means(info)):
             fv.last_token_logits(info, ids, 3, cache)
     assert all(not m._forward_pre_hooks for m in info.out_projs)  # hooks removed after the error
 
@@ -184,12 +185,12 @@ def test_function_vector_is_what_the_heads_write(info):
         torch.testing.assert_close(fv.function_vector(info, values, heads), by_hand.float(), atol=1e-5, rtol=1e-5)
 
 
-def test_add_per_row_adds_to_the_residual_stream(info):
+def test_add_to_residual_adds_to_the_residual_stream(info):
     prompts = _prompts(2)
     ids, mask, last = fv.encode_texts(info, [p.text for p in prompts])
     vector = torch.randn(info.d_model, generator=torch.Generator().manual_seed(3))
     clean = run_with_trace(info, ids, mask, last, record=("resid",))
-    with fv.add_per_row(info, [None, (1, vector)], positions=last):
+    with tracing.add_to_residual(info, [None, (1, vector)], positions=last):
         added = run_with_trace(info, ids, mask, last, record=("resid",))
     torch.testing.assert_close(added.resid[1][0], clean.resid[1][0])  # row 0: nothing added
     torch.testing.assert_close(added.resid[1][1, 0], clean.resid[1][1, 0] + vector, atol=1e-5, rtol=1e-5)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icl_utils import heads as H
-from icl_utils.attribution import head_scores_over_prompts
+from icl_utils.heads import head_scores_over_prompts
 
 
 def test_top_heads_orders_by_value_and_respects_among():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import icl_utils
 from icl_utils import tracing
 from icl_utils.tracing import ablate_heads, edit_attention, run_with_trace
 
@@ -205,7 +206,6 @@ def test_edit_attention_uniform_over_allowed_keys(info, batch):
 
 def test_edit_attention_heads_argument_limits_the_edit(info, batch):
     """edit_attention(..., heads=[(l, h)]): an edit that rewrites every head reaches only (l, h)."""
-    import inspect
 
     layer, head = info.n_layers - 1, 2
     positions = all_positions(batch)
@@ -261,8 +261,8 @@ def _assert_clean(info):
         assert not module._forward_hooks, f"forward hook left on {name}"
     for module in list(info.out_projs) + list(info.layers):
         assert not module._forward_pre_hooks and not module._forward_hooks
-    assert tracing._EDITORS == []
-    assert tracing._RECORDERS == []
+    assert tracing.interventions(info).editors == []
+    assert tracing.interventions(info).recorders == []
 
 
 def test_hooks_removed_after_run_with_trace(info, batch):
@@ -271,7 +271,7 @@ def test_hooks_removed_after_run_with_trace(info, batch):
 
     def spy(layer, weights, query, key):
         seen["hooks"] = _n_hooks(info)
-        seen["recorders"] = len(tracing._RECORDERS)
+        seen["recorders"] = len(tracing.interventions(info).recorders)
 
     with edit_attention(info, spy):
         run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
@@ -312,7 +312,7 @@ def test_hooks_removed_when_body_of_ablate_heads_raises(info, batch):
 def test_observers_removed_when_body_of_edit_attention_raises(info, batch):
     with pytest.raises(RuntimeError, match="boom"):
         with edit_attention(info, lambda *a: None):
-            assert len(tracing._EDITORS) == 1
+            assert len(tracing.interventions(info).editors) == 1
             raise RuntimeError("boom")
     _assert_clean(info)
 
@@ -420,3 +420,19 @@ def test_hooks_removed_when_body_of_ablate_neurons_raises(info, batch):
             _logits(info.model, batch)
             raise RuntimeError("boom")
     _assert_clean(info)
+
+
+def test_an_edit_on_one_model_never_fires_in_another(bundles, batch):
+    """Registries belong to the model: chapter 1 holds two models at once."""
+    source = bundles["llama"].info
+    infos = [icl_utils.describe_model(copy.deepcopy(source.model), source.tokenizer, name) for name in ("first", "second")]
+    assert tracing.interventions(infos[0]) is not tracing.interventions(infos[1])
+    calls = []
+    with edit_attention(infos[0], lambda layer, w, q, k: calls.append(layer)):
+        assert tracing.positional_interventions_active(infos[0])
+        assert not tracing.positional_interventions_active(infos[1])
+        run_with_trace(infos[1], batch.input_ids, batch.attention_mask, batch.last_positions)
+        assert calls == []  # the other model ran without the edit
+        run_with_trace(infos[0], batch.input_ids, batch.attention_mask, batch.last_positions)
+        assert calls  # the edited model ran with it
+    assert not tracing.interventions(infos[0]).editors

@@ -130,7 +130,7 @@ def test_knock_out_checks_its_input(info, batch, inputs):
     with pytest.raises(ValueError, match="built for"):
         with knock_out(info, [0], blocked[:2]):
             last_position_hidden(info, batch)
-    assert not tracing._EDITORS  # removed after the exception
+    assert not tracing.interventions(info).editors  # removed after the exception
     everything = torch.zeros_like(blocked)
     everything[:, 3, :3] = True  # position 3 may read only itself ...
     everything[:, 3, 3] = False
@@ -142,9 +142,9 @@ def test_editor_removed_after_an_exception(info, batch, inputs):
     blocked = blocking_mask(batch, label_demo_pairs(batch, inputs))
     with pytest.raises(RuntimeError, match="boom"):
         with knock_out(info, [0], blocked):
-            assert len(tracing._EDITORS) == 1
+            assert len(tracing.interventions(info).editors) == 1
             raise RuntimeError("boom")
-    assert not tracing._EDITORS
+    assert not tracing.interventions(info).editors
     clean = last_position_hidden(info, batch)
     torch.testing.assert_close(last_position_hidden(info, batch), clean, atol=0, rtol=0)
 
@@ -163,7 +163,7 @@ def test_last_position_runs_equal_full_runs(info, batch, inputs):
             expected = last_position_hidden(info, batch)
         torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(fast[0], fast[2], atol=1e-3)  # the knock-out does something
-    assert not tracing._EDITORS
+    assert not tracing.interventions(info).editors
 
 
 def test_last_position_runs_refuse_other_rows(info, batch, inputs):

@@ -123,3 +123,10 @@ def test_smoke_and_control_parameters_name_real_parameters(source):
     for where, given in (("smoke_parameters.yml", smoke), ("NEGATIVE_CONTROL", NEGATIVE_CONTROL.get(source.stem, {}))):
         unknown = set(given) - names
         assert not unknown, f"{where} sets {sorted(unknown)} for {source.stem}, whose parameters cell has {sorted(names)}"
+
+
+def test_ruff_finds_nothing():
+    """Unused or undefined names and pycodestyle errors (rules in pyproject.toml), in every source."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "icl_utils", "tests", "scripts", "benchmarks", "chapters"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
