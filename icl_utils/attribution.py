@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .tracing import Trace, head_writes
+from .models import ModelInfo
 
 
 def _on_cpu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def norm_bias(norm: nn.Module) -> torch.Tensor | float:
     return 0.0 if bias is None else bias.detach()
 
 
-def head_contributions(info, trace: Trace, layer: int) -> torch.Tensor:
+def head_contributions(info: ModelInfo, trace: Trace, layer: int) -> torch.Tensor:
     """What each head of `layer` adds to the residual stream: (batch, n_pos, n_heads, d_model).
 
     W_O^h o_h, passed through the layer's post-attention norm (frozen at the real attention output)
@@ -58,19 +59,19 @@ def head_contributions(info, trace: Trace, layer: int) -> torch.Tensor:
     return frozen_norm(norm, trace.attn_out[layer][:, :, None])(writes)
 
 
-def attention_block_output(info, trace: Trace, layer: int) -> torch.Tensor:
+def attention_block_output(info: ModelInfo, trace: Trace, layer: int) -> torch.Tensor:
     """What the attention block of `layer` adds to the residual stream: (batch, n_pos, d_model)."""
     norm = info.attn_out_norms[layer]
     return trace.attn_out[layer] if norm is None else _on_cpu(norm, trace.attn_out[layer])
 
 
-def mlp_block_output(info, trace: Trace, layer: int) -> torch.Tensor:
+def mlp_block_output(info: ModelInfo, trace: Trace, layer: int) -> torch.Tensor:
     """What the MLP block of `layer` adds to the residual stream: (batch, n_pos, d_model)."""
     norm = info.mlp_out_norms[layer]
     return trace.mlp_out[layer] if norm is None else _on_cpu(norm, trace.mlp_out[layer])
 
 
-def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor | None = None) -> torch.Tensor:
+def neuron_contributions(info: ModelInfo, trace: Trace, layer: int, neurons: torch.Tensor | None = None) -> torch.Tensor:
     """Each FFN neuron's "subvalue" m_k * fc2_k in the residual stream: (batch, n_pos, n_neurons, d_model).
 
     neurons: indices to compute (all d_ff by default; chunk them, the full tensor is large).
@@ -85,7 +86,7 @@ def neuron_contributions(info, trace: Trace, layer: int, neurons: torch.Tensor |
 
 
 @torch.no_grad()
-def target_log_probs(info, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
+def target_log_probs(info: ModelInfo, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
                      vocab_chunk: int = 16384) -> torch.Tensor:
     """log p(target | x) = log softmax(E_u ln_f(x))[target], ln_f's scale frozen at `final`.
 
@@ -109,7 +110,7 @@ def target_log_probs(info, resid: torch.Tensor, final: torch.Tensor, targets: to
     return (z_target - lse[..., None]).cpu()
 
 
-def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
+def log_prob_increase(info: ModelInfo, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
                       targets: torch.Tensor) -> torch.Tensor:
     """Imp(v) = log p(target | v + h) - log p(target | h) with ln_f frozen at `final`.
 
@@ -127,16 +128,16 @@ def log_prob_increase(info, base: torch.Tensor, vectors: torch.Tensor, final: to
     return out[..., 0] if one_target else out
 
 
-def head_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
+def head_importance(info: ModelInfo, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
     """S(l, h) = log p(y | o^{l,h} + x^{l-1}) - log p(y | x^{l-1}) for every head: (batch, n_layers, n_heads).
 
     Computed at recorded position `position` (index into trace.positions, default the first),
     all layers in one pass over the unembedding.
     targets: (batch,) token ids, or (batch, t) for several words at once -> (batch, n_layers, n_heads, t).
     """
-    final = trace.resid[info.n_layers][:, position]
+    final = trace.final_resid[:, position]
     heads = torch.stack([head_contributions(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
-    bases = torch.stack([trace.resid[l][:, position] for l in range(info.n_layers)], 1)  # (batch, L, d)
+    bases = trace.stack("resid", position)[:, : info.n_layers]  # (batch, L, d)
     one_target = targets.dim() == 1
     targets = targets[:, None] if one_target else targets
     logp = target_log_probs(info, torch.cat([(bases[:, :, None] + heads).flatten(1, 2), bases], 1), final, targets)
@@ -145,16 +146,16 @@ def head_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0
     return scores[..., 0] if one_target else scores
 
 
-def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> dict:
+def layer_importance(info: ModelInfo, trace: Trace, targets: torch.Tensor, position: int = 0) -> dict:
     """Log-probability increase of every attention block and every MLP block: {"attention", "mlp"}: (batch, n_layers).
 
     The attention block's base is the residual entering the layer; the MLP's base adds the
     attention block's output (exactly the MLP's input stream in sequential blocks).
     """
-    final = trace.resid[info.n_layers][:, position]
+    final = trace.final_resid[:, position]
     attn = torch.stack([attention_block_output(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
     mlp = torch.stack([mlp_block_output(info, trace, l)[:, position] for l in range(info.n_layers)], 1)
-    base = torch.stack([trace.resid[l][:, position] for l in range(info.n_layers)], 1)
+    base = trace.stack("resid", position)[:, : info.n_layers]
     scores = log_prob_increase(info, torch.cat([base, base + attn], 1), torch.cat([attn, mlp], 1), final, targets)
     return {"attention": scores[:, : info.n_layers], "mlp": scores[:, info.n_layers :]}
 
@@ -163,7 +164,7 @@ def layer_importance(info, trace: Trace, targets: torch.Tensor, position: int = 
 # Other scores for the same vectors, a first-order screen, and a head's share per source position
 
 
-def _vocab_logits(info, x: torch.Tensor, ln_f) -> torch.Tensor:
+def _vocab_logits(info: ModelInfo, x: torch.Tensor, ln_f) -> torch.Tensor:
     """Logits (before any softcap) of residual vectors x (..., d) through a frozen final norm: (..., vocab)."""
     w_u = info.unembed.weight.detach()
     z = (ln_f(x.float()).to(w_u.device) + norm_bias(info.final_norm)) @ w_u.float().T
@@ -171,7 +172,7 @@ def _vocab_logits(info, x: torch.Tensor, ln_f) -> torch.Tensor:
     return (z if bias_u is None else z + bias_u.detach()).cpu()
 
 
-def vocab_logits(info, vectors: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+def vocab_logits(info: ModelInfo, vectors: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
     """Logits of vectors (batch, n, d) read through the final norm frozen at `final` (batch, d), the
     model's softcap applied: (batch, n, vocab), on the CPU, from tensors on any device. What a
     component's write promotes in vocabulary space, on the scale the attribution uses."""
@@ -186,7 +187,7 @@ def _gather_targets(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def direct_logit_attribution(info, vectors: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def direct_logit_attribution(info: ModelInfo, vectors: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """What each vector adds to the target's logit through the frozen final norm: (batch, n) or (batch, n, t).
 
     Linear in the vector, so it needs no base and no softmax (and costs one dot product per vector,
@@ -209,7 +210,7 @@ def _with_bases(bases: torch.Tensor, vectors: torch.Tensor, base_index) -> tuple
 
 
 @torch.no_grad()
-def attribution_scores(info, bases: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
+def attribution_scores(info: ModelInfo, bases: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
                        targets: torch.Tensor, base_index=None) -> dict:
     """Three scores of each vector v added to its base h, for one target word each: (batch, n) tensors.
 
@@ -228,7 +229,7 @@ def attribution_scores(info, bases: torch.Tensor, vectors: torch.Tensor, final: 
             "logit": direct_logit_attribution(info, vectors, final, targets)}
 
 
-def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def log_prob_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Gradient of log p(target | x) at x = each base, ln_f frozen at `final`: (batch, n, d).
 
     grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of
@@ -244,21 +245,21 @@ def log_prob_gradient(info, bases: torch.Tensor, final: torch.Tensor, targets: t
 
 
 @torch.no_grad()
-def mlp_bases(info, trace: Trace, position: int = 0) -> torch.Tensor:
+def mlp_bases(info: ModelInfo, trace: Trace, position: int = 0) -> torch.Tensor:
     """The residual stream each MLP block adds to (after its layer's attention): (batch, n_layers, d)."""
     return torch.stack([trace.resid[l][:, position] + attention_block_output(info, trace, l)[:, position]
                         for l in range(info.n_layers)], dim=1)
 
 
 @torch.no_grad()
-def neuron_screen(info, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
+def neuron_screen(info: ModelInfo, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
     """First-order log-probability increase of every FFN neuron: (batch, n_layers, d_ff).
 
     grad_l . (m_k fc2_k), with grad_l = log_prob_gradient at the MLP base of layer l. A cheap screen
     (about as costly as scoring n_layers vectors exactly) to pick the neurons worth scoring exactly.
     The trace needs resid, attn_out, mlp_act and mlp_out.
     """
-    final = trace.resid[info.n_layers][:, position]
+    final = trace.final_resid[:, position]
     grads = log_prob_gradient(info, mlp_bases(info, trace, position), final, targets)  # (batch, L, d)
     scores = [torch.einsum("bkd,bd->bk", neuron_contributions(info, trace, l)[:, position].float(), grads[:, l])
               for l in range(info.n_layers)]
@@ -266,7 +267,7 @@ def neuron_screen(info, trace: Trace, targets: torch.Tensor, position: int = 0) 
 
 
 @torch.no_grad()
-def head_position_contributions(info, trace: Trace, layer: int, position: int = 0,
+def head_position_contributions(info: ModelInfo, trace: Trace, layer: int, position: int = 0,
                                 weighted: bool = True) -> torch.Tensor:
     """Each head's write at recorded position `position`, split by source position p: (batch, n_heads, seq, d_model).
 
@@ -286,7 +287,7 @@ def head_position_contributions(info, trace: Trace, layer: int, position: int = 
 
 
 @torch.no_grad()
-def renormalised_log_prob_increase(info, bases: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
+def renormalised_log_prob_increase(info: ModelInfo, bases: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
                                    base_index=None, chunk: int = 256) -> torch.Tensor:
     """log p(w | h + v) - log p(w | h) with the real (non-linear) final norm applied to h + v and to h: (batch, n).
 

@@ -22,6 +22,7 @@ import torch
 
 from .qk import attention_logits, capture_rotary, unrotate
 from .tracing import edit_attention
+from .models import ModelInfo
 
 
 def minority_scale(batch, a_c: float) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _rows(query_positions, weights) -> tuple:
 
 
 @contextmanager
-def scale_attention(info, heads, query_positions, scale: torch.Tensor):
+def scale_attention(info: ModelInfo, heads, query_positions, scale: torch.Tensor):
     """alpha'_{T,p} = scale[b, p] * alpha_{T,p} in `heads`, at each prompt's query position T, no renormalising.
 
     heads: (layer, head) pairs. query_positions: (batch,), e.g. batch.last_positions. scale:
@@ -73,7 +74,7 @@ def scale_attention(info, heads, query_positions, scale: torch.Tensor):
 
 
 @contextmanager
-def positionless_attention(info, heads, query_positions):
+def positionless_attention(info: ModelInfo, heads, query_positions):
     """Attention of `heads` from each prompt's query position T recomputed without rotary positions:
     alpha'_{T,p} = softmax_p(scaling * unrot(q_T) . unrot(k_p)), over the keys the model's own pattern
     lets T see (so causal, padding and sliding-window masks carry over; softcap as the model).

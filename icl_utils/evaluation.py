@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .prompts import build_prompt_groups, calibration_prompts, demo_set_ids, encode_prompts, label_token_ids
 from .stats import auc, spearman  # noqa: F401  (spearman: re-exported for chapters)
 from .tracing import positional_interventions_active, set_heads
+from .models import Head, ModelInfo
 
 
 @dataclass
@@ -139,7 +140,7 @@ class ICLScores:
         return out
 
 
-def scores_from_hidden(info, hidden: torch.Tensor, prompts: list, normaliser: bool = False) -> ICLScores:
+def scores_from_hidden(info: ModelInfo, hidden: torch.Tensor, prompts: list, normaliser: bool = False) -> ICLScores:
     """ICLScores from final-normed hidden states at each prompt's last position (n_prompts, d_model):
     only the label words are unembedded, unless `normaliser` (log-sum-exp over the vocabulary)."""
     classes = list(prompts[0].label_words)
@@ -187,7 +188,7 @@ def batches(items: list, size: int):
 
 
 @torch.no_grad()
-def last_position_hidden(info, batch) -> torch.Tensor:
+def last_position_hidden(info: ModelInfo, batch) -> torch.Tensor:
     """Final-normed hidden state at each prompt's last position: (batch, d_model)."""
     out = info.decoder(
         input_ids=batch.input_ids.to(info.device),
@@ -202,7 +203,7 @@ def last_position_hidden(info, batch) -> torch.Tensor:
 # Replaying the last tokens over a cached prefix: the one mechanism for "run the shared part once"
 
 
-def _refuse_positional(info) -> None:
+def _refuse_positional(info: ModelInfo) -> None:
     if positional_interventions_active(info):
         raise RuntimeError(
             "A replay over cached keys and values (share_prefix=True, score_head_ablations) cannot be combined with "
@@ -211,7 +212,7 @@ def _refuse_positional(info) -> None:
 
 
 @torch.no_grad()
-def cached_prefix(info, input_ids: torch.Tensor):
+def cached_prefix(info: ModelInfo, input_ids: torch.Tensor):
     """Run `input_ids` (rows, n) and keep their keys and values (a transformers cache) for replay."""
     from transformers import DynamicCache  # one full-length cache per layer, sliding layers included
 
@@ -221,7 +222,7 @@ def cached_prefix(info, input_ids: torch.Tensor):
 
 
 @torch.no_grad()
-def replay(info, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, repeat: int = 1,
+def replay(info: ModelInfo, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, repeat: int = 1,
            reuse: bool = True, positional_ok: bool = False) -> torch.Tensor:
     """Run `input_ids` (rows, s) after the cached prefix: final-normed hidden states (rows, s, d_model).
 
@@ -254,7 +255,7 @@ def _shared_prefix_length(batch) -> int:
 
 
 @torch.no_grad()
-def last_position_hidden_shared_prefix(info, batch) -> torch.Tensor:
+def last_position_hidden_shared_prefix(info: ModelInfo, batch) -> torch.Tensor:
     """As last_position_hidden, for prompts whose token ids share a prefix (the same demonstrations):
     the prefix runs once and every prompt's remaining tokens are replayed over it (replay)."""
     shared = _shared_prefix_length(batch)
@@ -277,7 +278,7 @@ def _prefix_groups(prompts: list, batch_size: int) -> list:
 
 
 @torch.no_grad()
-def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = True, desc: str = "scoring",
+def score_prompts(info: ModelInfo, prompts: list, batch_size: int = 16, progress: bool = True, desc: str = "scoring",
                   share_prefix: bool = False, normaliser: bool = True) -> ICLScores:
     """Label-word logits at the last position of every prompt, in batches (one forward each).
 
@@ -301,7 +302,7 @@ def score_prompts(info, prompts: list, batch_size: int = 16, progress: bool = Tr
     return scores.take(np.argsort(rows))  # back in the order of `prompts`
 
 
-def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLScores:
+def score_calibrated(info: ModelInfo, prompts: list, calibration: list, **kwargs) -> ICLScores:
     """Score `prompts` and their calibration prompts in one run (they share demonstrations, so with
     share_prefix=True each set of demonstrations runs once) and return the prompts' scores with the
     calibration prior attached (ICLScores.calibrated_with)."""
@@ -311,7 +312,7 @@ def score_calibrated(info, prompts: list, calibration: list, **kwargs) -> ICLSco
 
 
 @torch.no_grad()
-def score_head_ablations(info, prompts: list, head_sets: list, rows_per_pass: int = 64, normaliser: bool = False,
+def score_head_ablations(info: ModelInfo, prompts: list, head_sets: list[list[Head]], rows_per_pass: int = 64, normaliser: bool = False,
                          progress: bool = True, desc: str = "head ablations") -> list:
     """ICLScores of `prompts` under each head set of `head_sets` zeroed (at every position), many
     ablations per forward pass: [scores with head_sets[0] zeroed, ...].
@@ -373,7 +374,7 @@ def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=
     return prompts, calibration_prompts(task, prompts, per_class=calibration_per_class, seed=seed)
 
 
-def score_task(info, task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",
+def score_task(info: ModelInfo, task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",
                pool: str = "evaluation", calibration_per_class: int = 4, seed: int = 0, batch_size: int = 16,
                normaliser: bool = False) -> ICLScores:
     """Scores of design_prompts(...), calibrated on their calibration prompts, each set of

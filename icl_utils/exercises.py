@@ -20,6 +20,7 @@ import torch
 from .attribution import _vocab_logits, frozen_norm, head_position_contributions, log_prob_increase
 from .qk import attention_logits
 from .vocab import label_log_odds
+from .models import ModelInfo
 
 
 def check(name: str, student_call: Callable, expected: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-3):
@@ -55,7 +56,7 @@ def check(name: str, student_call: Callable, expected: torch.Tensor, atol: float
 # Chapter 2: the log-probability increase
 
 
-def frozen_logits(info, final: torch.Tensor) -> Callable:
+def frozen_logits(info: ModelInfo, final: torch.Tensor) -> Callable:
     """x (batch, ..., d_model) -> next-token logits (batch, ..., vocab), with the final norm's scale
     frozen at `final` (batch, d_model), its bias, the unembedding and any final softcap: the map
     behind p(. | x) = softmax(E_u ln_f(x)) of the attribution chapters. Pass few rows (large vocabularies)."""

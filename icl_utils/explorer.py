@@ -24,6 +24,7 @@ from .attribution import head_contributions, head_position_contributions, log_pr
 from .prompts import encode_prompts, label_token_ids
 from .tracing import run_with_trace
 from .vocab import label_log_odds, project
+from .models import ModelInfo
 
 LABEL_COLOURS = ("#c0392b", "#1f5fa8")  # first and second class (foo, bar), as in the chapters' figures
 
@@ -51,7 +52,7 @@ class HeadView:
 
 
 @torch.no_grad()
-def head_views(info, prompts: list, heads: list, top_k: int = 6) -> list:
+def head_views(info: ModelInfo, prompts: list, heads: list, top_k: int = 6) -> list:
     """HeadViews for every prompt x head (prompt-major order), from one traced pass of `prompts`."""
     if not prompts or not heads:
         raise ValueError("head_views needs at least one prompt and one (layer, head)")
@@ -60,10 +61,10 @@ def head_views(info, prompts: list, heads: list, top_k: int = 6) -> list:
     word_ids = label_token_ids(info.tokenizer, words)
     batch = encode_prompts(info, prompts)
     layers = sorted({l for l, _ in heads})
-    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, layers=layers,
+    trace = run_with_trace(info, batch, layers=layers,
                            record=("resid", "head_out", "attn_out", "attn", "qkv"))
     gold = torch.tensor([classes.index(g) for g in batch.gold])
-    final = trace.resid[info.n_layers][:, 0]  # where the final norm's scale is frozen, per prompt
+    final = trace.final_resid[:, 0]  # where the final norm's scale is frozen, per prompt
     writes = {l: head_contributions(info, trace, l)[:, 0] for l in layers}  # (batch, heads, d_model)
     importance = log_prob_increase(  # S(l, h) of the chosen heads only: (batch, n_heads_chosen)
         info, torch.stack([trace.resid[l][:, 0] for l, _ in heads], 1),

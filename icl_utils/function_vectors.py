@@ -26,6 +26,7 @@ from .evaluation import cached_prefix, replay
 from .prompts import pad_right
 from .tasks import DATA_DIR
 from .tracing import _per_layer, add_to_residual, run_with_trace, set_heads
+from .models import ModelInfo
 
 FV_TASK_DIR = DATA_DIR / "fv_tasks"
 
@@ -116,7 +117,7 @@ def answer_ids(tokenizer, prompts: list) -> torch.Tensor:
     return torch.tensor([tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"][0] for p in prompts])
 
 
-def encode_texts(info, texts: list) -> tuple:
+def encode_texts(info: ModelInfo, texts: list) -> tuple:
     """Right-padded (input_ids, attention_mask, last_positions) for plain texts."""
     return pad_right(info.tokenizer, [info.tokenizer(t)["input_ids"] for t in texts])
 
@@ -132,7 +133,7 @@ class FVRun:
     correct: torch.Tensor  # (n_prompts,) bool: that token is the model's top prediction
 
 
-def run_fv_prompts(info, prompts: list, batch_size: int = 8, progress: bool = False) -> FVRun:
+def run_fv_prompts(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = False) -> FVRun:
     """One traced pass per batch: last-token head outputs and the answer's probability."""
     answers = answer_ids(info.tokenizer, prompts)
     heads, probs, correct = [], [], []
@@ -140,7 +141,7 @@ def run_fv_prompts(info, prompts: list, batch_size: int = 8, progress: bool = Fa
         chunk = prompts[start : start + batch_size]
         ids, mask, last = encode_texts(info, [p.text for p in chunk])
         trace = run_with_trace(info, ids, mask, last, record=("head_out", "logits"))
-        heads.append(torch.stack([trace.head_out[l][:, 0] for l in range(info.n_layers)], 1))
+        heads.append(trace.stack("head_out", 0))
         logits = trace.logits[:, 0]
         gold = answers[start : start + batch_size]
         probs.append(torch.softmax(logits, -1).gather(1, gold[:, None])[:, 0])
@@ -152,12 +153,12 @@ def run_fv_prompts(info, prompts: list, batch_size: int = 8, progress: bool = Fa
 # Many rows at the last token of one prompt
 
 
-def prefix_cache(info, ids: torch.Tensor):
+def prefix_cache(info: ModelInfo, ids: torch.Tensor):
     """Run every token of one prompt but the last (ids: (seq,)) and keep their keys and values."""
     return cached_prefix(info, ids[None, :-1])
 
 
-def last_token_logits(info, ids: torch.Tensor, n_rows: int, cache) -> torch.Tensor:
+def last_token_logits(info: ModelInfo, ids: torch.Tensor, n_rows: int, cache) -> torch.Tensor:
     """Next-token logits at the last token of one prompt, for `n_rows` copies of it in one batch:
     (n_rows, vocab). The other tokens come from `cache` = prefix_cache(info, ids), computed *outside*
     any intervention; interventions active during this call (hooks at "every position") then act on
@@ -167,7 +168,7 @@ def last_token_logits(info, ids: torch.Tensor, n_rows: int, cache) -> torch.Tens
     return info.logits_from_final_hidden(hidden[:, 0]).float()
 
 
-def patched_answers(info, prompts: list, row_heads: list, values, max_rows: int = 128,
+def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max_rows: int = 128,
                     progress: bool = False, desc: str = "patched runs") -> tuple:
     """For every prompt and every row of heads (see tracing.set_heads; [] = no intervention),
     the answer's probability and whether it is the top token, with the heads set to `values` at the
@@ -189,7 +190,7 @@ def patched_answers(info, prompts: list, row_heads: list, values, max_rows: int 
     return probs, correct
 
 
-def fv_scores_exact(info, corrupted: list, values, max_rows: int = 128, progress: bool = False) -> torch.Tensor:
+def fv_scores_exact(info: ModelInfo, corrupted: list, values, max_rows: int = 128, progress: bool = False) -> torch.Tensor:
     """Each head's indirect effect per prompt: p(answer) with the head's mean patched in at the last
     token of a shuffled-label prompt, minus p(answer) unpatched. (n_prompts, n_layers, n_heads)."""
     heads = info.all_heads
@@ -197,7 +198,7 @@ def fv_scores_exact(info, corrupted: list, values, max_rows: int = 128, progress
     return (probs[:, 1:] - probs[:, :1]).view(len(corrupted), info.n_layers, info.n_heads)
 
 
-def fv_scores_attribution(info, corrupted: list, values, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+def fv_scores_attribution(info: ModelInfo, corrupted: list, values, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
     """Attribution patching: the first-order estimate of fv_scores_exact from one forward and one
     backward pass per batch, grad of p(answer) w.r.t. each head's last-token output times
     (mean - corrupted output). (n_prompts, n_layers, n_heads)."""
@@ -239,7 +240,7 @@ def fv_scores_attribution(info, corrupted: list, values, batch_size: int = 8, pr
 # The function vector
 
 
-def function_vector(info, values: torch.Tensor, heads: list) -> torch.Tensor:
+def function_vector(info: ModelInfo, values: torch.Tensor, heads: list) -> torch.Tensor:
     """sum over heads of W_O^h values[l, h]: what those heads write into the residual stream when
     they output `values` (their means). (d_model,)
 
@@ -263,7 +264,7 @@ def function_vector(info, values: torch.Tensor, heads: list) -> torch.Tensor:
     return total
 
 
-def answers_with_additions(info, prompts: list, row_additions: list, progress: bool = False) -> tuple:
+def answers_with_additions(info: ModelInfo, prompts: list, row_additions: list, progress: bool = False) -> tuple:
     """Like patched_answers, with tracing.add_to_residual: each row adds its (layer, vector) at the last token."""
     answers = answer_ids(info.tokenizer, prompts)
     probs = torch.zeros(len(prompts), len(row_additions))

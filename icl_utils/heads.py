@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from .attribution import head_importance
 from .evaluation import batches
-from .models import ModelInfo
+from .models import Head, ModelInfo
 from .prompts import build_prompts, demo_set_ids, encode_prompts, label_token_ids
 from .tracing import run_with_trace
 
 
-def top_heads(values: torch.Tensor, n: int, among: list | None = None) -> list:
+def top_heads(values: torch.Tensor, n: int, among: list[Head] | None = None) -> list[Head]:
     """The n (layer, head) pairs with the largest values (n_layers, n_heads), best first."""
     n_layers, n_heads = values.shape
     candidates = among if among is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
@@ -91,7 +91,7 @@ class HeadRanking:
 
 
 @torch.no_grad()
-def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
+def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
     """Score every head on every prompt at its last position, in batches (one traced pass each).
 
     Returns tensors of shape (n_prompts, n_layers, n_heads):
@@ -106,7 +106,7 @@ def head_scores_over_prompts(info, prompts: list, batch_size: int = 8, progress:
     out = {f"importance_{w}": [] for w in words} | {"importance": [], "label_attention": [], "gold": []}
     for chunk in tqdm(list(batches(prompts, batch_size)), desc="scoring heads", disable=not progress, leave=False):
         batch = encode_prompts(info, chunk)
-        trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+        trace = run_with_trace(info, batch,
                                record=("resid", "head_out", "attn_out", "attn"))
         gold = torch.tensor([classes.index(g) for g in batch.gold])
         per_word = head_importance(info, trace, word_ids.expand(len(chunk), -1))  # (batch, L, H, words)

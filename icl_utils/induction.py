@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from .tasks import DATA_DIR
 from .tracing import run_with_trace
+from .models import ModelInfo
 
 TEXT_DIR = DATA_DIR / "text"
 
@@ -43,7 +44,7 @@ def repeated_random_tokens(tokenizer, n_seqs: int, half_len: int = 50, seed: int
     return seqs
 
 
-def induction_scores(info, seqs: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def induction_scores(info: ModelInfo, seqs: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """(n_layers, n_heads): mean attention from each second-half token to the token after its
     first-half copy (positions t -> t - half_len + 1), over all second-half tokens and sequences."""
     n, length = seqs.shape
@@ -80,7 +81,7 @@ def text_sequences(tokenizer, n_tokens: int, path=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_losses(info, seqs: torch.Tensor, positions, batch_size: int = 4, intervention=None) -> torch.Tensor:
+def token_losses(info: ModelInfo, seqs: torch.Tensor, positions, batch_size: int = 4, intervention=None) -> torch.Tensor:
     """Cross-entropy of predicting token p + 1 from position p, for each p in `positions`:
     (n_seqs, n_positions). Only those positions are unembedded (Gemma's vocabulary is 262k).
     intervention: a function returning a context manager (e.g. lambda: ablate_heads(...)) entered
@@ -99,7 +100,7 @@ def token_losses(info, seqs: torch.Tensor, positions, batch_size: int = 4, inter
     return torch.cat(out)
 
 
-def token_loss_difference(info, seqs: torch.Tensor, early=range(40, 60), late=range(490, 510), intervention=None) -> float:
+def token_loss_difference(info: ModelInfo, seqs: torch.Tensor, early=range(40, 60), late=range(490, 510), intervention=None) -> float:
     """Mean loss over the `early` window minus mean loss over the `late` window (default: tokens
     around 50 and around 500), averaged over sequences."""
     early, late = list(early), list(late)

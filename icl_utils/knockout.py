@@ -24,6 +24,7 @@ import torch
 
 from .evaluation import cached_prefix, replay
 from .tracing import edit_attention
+from .models import ModelInfo
 
 
 def blocking_mask(batch, pairs: list) -> torch.Tensor:
@@ -85,7 +86,7 @@ def random_pairs(pairs: list, seed: int = 0) -> list:
     return out
 
 
-def _check_layers(info, layers) -> set:
+def _check_layers(info: ModelInfo, layers) -> set:
     chosen = set()
     for layer in layers:
         if not 0 <= int(layer) < info.n_layers:
@@ -95,7 +96,7 @@ def _check_layers(info, layers) -> set:
 
 
 @contextmanager
-def knock_out(info, layers, blocked: torch.Tensor):
+def knock_out(info: ModelInfo, layers, blocked: torch.Tensor):
     """During the context, in `layers` (all heads), position q of prompt b cannot attend to key k
     where blocked[b, q, k]; each edited row is renormalised. Rows with nothing blocked are untouched.
 
@@ -109,7 +110,7 @@ def knock_out(info, layers, blocked: torch.Tensor):
 
 
 @contextmanager
-def _knock_out_rows(info, masks: dict):
+def _knock_out_rows(info: ModelInfo, masks: dict):
     """knock_out with one mask per layer, {layer: bool (batch, m, seq)}: its m rows are the last m
     query positions of a sequence of seq tokens (m = seq for a whole forward pass, m = 1 for a
     last-token step on cached keys and values)."""
@@ -137,7 +138,7 @@ def _knock_out_rows(info, masks: dict):
 
 
 @torch.no_grad()
-def last_position_runs(info, batch, settings: list) -> torch.Tensor:
+def last_position_runs(info: ModelInfo, batch, settings: list) -> torch.Tensor:
     """Final-normed hidden state at each prompt's last position, once per setting: (n_settings, batch, d_model).
 
     settings: a list of (layers, blocked), blocked a (batch, seq, seq) mask as for knock_out that

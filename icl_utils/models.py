@@ -23,7 +23,8 @@ from torch import nn
 from .errors import ModelNotAvailableError
 from .tracing import use_recording_attention
 
-DEFAULT_MODEL = "gemma3-270m"  # chosen by measurement in chapter 1 (stronger ICL than SmolLM2)
+DEFAULT_MODEL = "gemma3-270m"  # chapter 1's selection-pool rule picks it (higher AUC on the sentence tasks than SmolLM2)
+Head = tuple  # (layer, head), both 0-based: how every function names an attention head
 
 # name -> how to find its GGUF file on disk; both ship inside PyPI wheels (see requirements-models.txt)
 EMBEDDED_MODELS = {

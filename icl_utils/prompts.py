@@ -25,6 +25,7 @@ import torch
 
 from .errors import LabelWordError, PromptTooLongError
 from .tasks import Task
+from .models import ModelInfo
 
 FOO_BAR = ("foo", "bar")
 
@@ -331,7 +332,7 @@ def pad_right(tokenizer, rows: list) -> tuple:
     return input_ids, attention_mask, torch.tensor([len(r) - 1 for r in rows])
 
 
-def encode_prompts(info, prompts: list) -> PromptBatch:
+def encode_prompts(info: ModelInfo, prompts: list) -> PromptBatch:
     """Tokenise prompts (right padding) and locate label tokens and the last position."""
     tokenizer = info.tokenizer
     rows, label_positions = [], []
@@ -406,7 +407,7 @@ def _span_tokens(offsets: list, span: tuple, prompt_text: str) -> list:
     return tokens
 
 
-def input_positions(info, batch: PromptBatch, fmt: PromptFormat = PromptFormat()) -> InputPositions:
+def input_positions(info: ModelInfo, batch: PromptBatch, fmt: PromptFormat = PromptFormat()) -> InputPositions:
     """Token positions of each demonstration's input text and of the query's input, per prompt.
 
     Tokenises each prompt again with offsets (as encode_prompts does) and checks that the tokens

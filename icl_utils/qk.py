@@ -12,9 +12,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from .tracing import Trace, _per_layer, edit_attention
+from .models import ModelInfo
 
 
-def attention_logits(info, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def attention_logits(info: ModelInfo, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Pre-softmax scores: query (..., d_head) against keys (..., seq, d_head) -> (..., seq).
 
     Uses the attention module's own scaling (Gemma: query_pre_attn_scalar ** -0.5, not d_head ** -0.5)
@@ -26,7 +27,7 @@ def attention_logits(info, layer: int, query: torch.Tensor, key: torch.Tensor) -
     return torch.tanh(scores / softcap) * softcap if softcap else scores
 
 
-def qk_scores(info, trace: Trace, layer: int, position: int = 0) -> torch.Tensor:
+def qk_scores(info: ModelInfo, trace: Trace, layer: int, position: int = 0) -> torch.Tensor:
     """Scores from recorded position `position` to every position: (batch, n_heads, seq).
 
     Needs a trace with "qkv". Masked positions (after the prompt, padding) are not masked here.
@@ -35,7 +36,7 @@ def qk_scores(info, trace: Trace, layer: int, position: int = 0) -> torch.Tensor
 
 
 @contextmanager
-def capture_rotary(info):
+def capture_rotary(info: ModelInfo):
     """Record the rotary (cos, sin) each attention module receives: yields {layer: (cos, sin)},
     each (batch, seq, d_rot). Empty for models without rotary embeddings passed to attention
     (e.g. GPT-2's learned positions)."""
@@ -71,7 +72,7 @@ def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
 
 
 @contextmanager
-def replace_query(info, queries: dict, positions: torch.Tensor):
+def replace_query(info: ModelInfo, queries: dict, positions: torch.Tensor):
     """Attend from `positions` (batch,) with other queries: for each (layer, head) in `queries`
     ((batch, d_head) query vectors, as recorded: after rotary and any q norm), that row of the
     head's pattern becomes softmax(scores of the new query against the run's own keys).

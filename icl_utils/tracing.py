@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # models imports tracing
+    from .models import Head, ModelInfo
 
 ATTENTION_NAME = "icl_utils_eager"
 _REGISTRY_ATTRIBUTE = "_icl_utils_interventions"
@@ -100,7 +104,7 @@ def use_recording_attention(model) -> None:
     interventions(model)
 
 
-def _check_recording(info) -> None:
+def _check_recording(info: ModelInfo) -> None:
     if info.model.config._attn_implementation != ATTENTION_NAME:
         raise RuntimeError(
             "This model does not use icl_utils' attention function; load it with "
@@ -108,7 +112,7 @@ def _check_recording(info) -> None:
         )
 
 
-def positional_interventions_active(info) -> bool:
+def positional_interventions_active(info: ModelInfo) -> bool:
     """True inside edit_attention, or ablate_heads/ablate_neurons at chosen positions, on this
     model: interventions that index absolute positions, which a pass over part of a sequence would
     misplace."""
@@ -158,6 +162,22 @@ class Trace:
     mlp_out: dict = field(default_factory=dict)
     logits: torch.Tensor | None = None
 
+    def stack(self, name: str, position: int | None = None) -> torch.Tensor:
+        """One recorded quantity over the recorded layers in order: (batch, n_layers, ...), at one
+        recorded position when given (0: the first, e.g. each prompt's last token). For "resid" the
+        last entry is the residual stream leaving the last layer (L + 1 entries in all)."""
+        store = getattr(self, name)
+        if not store:
+            raise ValueError(f"this trace recorded no {name!r}: pass it in run_with_trace(..., record=...)")
+        return torch.stack([store[l] if position is None else store[l][:, position] for l in sorted(store)], 1)
+
+    @property
+    def final_resid(self) -> torch.Tensor:
+        """The residual stream leaving the last layer, before the final norm: (batch, n_pos, d_model)."""
+        if not self.resid:
+            raise ValueError("this trace has no residual stream: record=('resid', ...)")
+        return self.resid[max(self.resid)]
+
 
 def _gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x: (batch, seq, ...) -> (batch, n_pos, ...) at each row's own positions."""
@@ -165,7 +185,7 @@ def _gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x[rows, positions.to(x.device)]
 
 
-def head_writes(info, trace: Trace, layer: int) -> torch.Tensor:
+def head_writes(info: ModelInfo, trace: Trace, layer: int) -> torch.Tensor:
     """Each head's output after its slice of the output projection: (batch, n_pos, n_heads, d_model).
 
     Summed over heads (plus the projection's bias, if any) this is `trace.attn_out[layer]`.
@@ -174,21 +194,45 @@ def head_writes(info, trace: Trace, layer: int) -> torch.Tensor:
     return torch.einsum("bphd,mhd->bphm", trace.head_out[layer], w_o)
 
 
+# What run_with_trace can record: name -> (module of layer l, which side of it, how to read it).
+# "pre" reads the module's input, "post" its output; kwargs: the input may come as hidden_states=.
+_RECORDINGS = {
+    "resid": (lambda info, l: info.layers[l], "pre", None),
+    "head_out": (lambda info, l: info.out_projs[l], "pre", "heads"),
+    "attn_out": (lambda info, l: info.out_projs[l], "post", None),
+    "mlp_in": (lambda info, l: info.mlp_in_norms[l], "pre", None),
+    "mlp_act": (lambda info, l: info.mlp_out_projs[l], "pre", None),
+    "mlp_out": (lambda info, l: info.mlps[l], "post", None),
+}
+
+
 @torch.no_grad()
 def run_with_trace(
-    info,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    positions: torch.Tensor,
+    info: ModelInfo,
+    batch,
+    attention_mask: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
     layers=None,
     record=("resid", "head_out", "attn_out", "attn", "qkv", "logits"),
 ) -> Trace:
     """One forward pass of a right-padded batch, recording `record` at `positions` (batch, n_pos).
 
-    layers: which layers to record (default all). Queries/attention are kept only at `positions`;
-    keys and values at every position, since a score needs the query and all keys.
+    batch: a PromptBatch (its last positions are recorded unless `positions` is given), or the
+    input ids (batch, seq), with `attention_mask` and `positions`. layers: which layers to record
+    (default all). Queries/attention are kept only at `positions`; keys and values at every
+    position, since a score needs the query and all keys. The hooks are a table (_RECORDINGS).
     """
     _check_recording(info)
+    if hasattr(batch, "input_ids"):
+        input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        positions = batch.last_positions if positions is None else positions
+    else:
+        input_ids = batch
+        if attention_mask is None or positions is None:
+            raise ValueError("run_with_trace(info, input_ids, attention_mask, positions): pass all three, or a PromptBatch")
+    unknown = set(record) - set(_RECORDINGS) - {"attn", "qkv", "logits"}
+    if unknown:
+        raise ValueError(f"run_with_trace cannot record {sorted(unknown)}; it records {sorted(_RECORDINGS)} + attn, qkv, logits")
     device = info.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     positions = torch.as_tensor(positions, device=device)
@@ -198,34 +242,11 @@ def run_with_trace(
     trace = Trace(positions=positions.cpu())
     rows = torch.arange(input_ids.shape[0], device=device)[:, None]
 
-    def record_resid(layer):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            trace.resid[layer] = _gather_positions(hidden, positions).cpu()
-        return hook
-
-    def record_last_resid(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        trace.resid[info.n_layers] = _gather_positions(hidden, positions).cpu()
-
-    def record_head_out(layer):
-        def hook(module, args):
-            x = _gather_positions(args[0], positions)
-            trace.head_out[layer] = x.view(*x.shape[:2], info.n_heads, info.d_head).cpu()
-        return hook
-
-    def record_input(store, layer):
-        def hook(module, args):
-            store[layer] = _gather_positions(args[0], positions).cpu()
-        return hook
-
-    def record_output(store, layer):
-        def hook(module, args, output):
-            output = output[0] if isinstance(output, tuple) else output
-            store[layer] = _gather_positions(output, positions).cpu()
-        return hook
-
-    wanted = set(layers)
+    def keep(store, layer, reshape):
+        def save(x):
+            x = _gather_positions(x[0] if isinstance(x, tuple) else x, positions)
+            store[layer] = (x.view(*x.shape[:2], info.n_heads, info.d_head) if reshape == "heads" else x).cpu()
+        return save
 
     def record_attention(layer, query, key, value, weights):
         if layer not in wanted:
@@ -236,28 +257,23 @@ def run_with_trace(
             trace.q[layer] = query[rows, :, positions].permute(0, 2, 1, 3).cpu()
             trace.k[layer], trace.v[layer] = key.cpu(), value.cpu()
 
+    wanted = set(layers)
     with ExitStack() as stack:
-        for layer in layers:
-            if "resid" in record:
-                h = info.layers[layer].register_forward_pre_hook(record_resid(layer), with_kwargs=True)
-                stack.callback(h.remove)
-            if "head_out" in record:
-                h = info.out_projs[layer].register_forward_pre_hook(record_head_out(layer))
-                stack.callback(h.remove)
-            hooks = [
-                ("attn_out", info.out_projs[layer], "output", trace.attn_out),
-                ("mlp_in", info.mlp_in_norms[layer], "input", trace.mlp_in),
-                ("mlp_act", info.mlp_out_projs[layer], "input", trace.mlp_act),
-                ("mlp_out", info.mlps[layer], "output", trace.mlp_out),
-            ]
-            for name, module, side, store in hooks:
-                if name in record:
-                    h = (module.register_forward_pre_hook(record_input(store, layer)) if side == "input"
-                         else module.register_forward_hook(record_output(store, layer)))
-                    stack.callback(h.remove)
-        if "resid" in record:
-            h = info.layers[info.n_layers - 1].register_forward_hook(record_last_resid)
-            stack.callback(h.remove)
+        specs = [(name, layer) for name in _RECORDINGS if name in record for layer in layers]
+        if "resid" in record:  # the residual stream leaving the last layer: that layer's output
+            specs.append(("resid_out", info.n_layers - 1))
+        for name, layer in specs:
+            if name == "resid_out":
+                module, side, save = info.layers[layer], "post", keep(trace.resid, info.n_layers, None)
+            else:
+                get, side, reshape = _RECORDINGS[name]
+                module, save = get(info, layer), keep(getattr(trace, name), layer, reshape)
+            if side == "pre":
+                handle = module.register_forward_pre_hook(
+                    lambda m, args, kwargs, save=save: save(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(lambda m, args, output, save=save: save(output))
+            stack.callback(handle.remove)
         if "attn" in record or "qkv" in record:
             stack.enter_context(_registered(interventions(info).recorders, record_attention))
         out = info.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -271,7 +287,7 @@ def run_with_trace(
 # Interventions
 
 
-def _per_layer(info, heads) -> dict:
+def _per_layer(info: ModelInfo, heads) -> dict:
     """{layer: [head, ...]} from (layer, head) pairs, refusing heads the model does not have."""
     by_layer: dict = {}
     for layer, head in heads:
@@ -284,7 +300,7 @@ def _per_layer(info, heads) -> dict:
     return by_layer
 
 
-def _layer_values(info, values, layer: int, heads: list, like: torch.Tensor) -> torch.Tensor:
+def _layer_values(info: ModelInfo, values, layer: int, heads: list, like: torch.Tensor) -> torch.Tensor:
     """(n_heads, d_head) replacement outputs for one layer: zeros, or values[layer, head] for the
     chosen heads (values: a (n_layers, n_heads, d_head) tensor or a {(layer, head): (d_head,)} dict)."""
     out = torch.zeros(info.n_heads, info.d_head, device=like.device, dtype=like.dtype)
@@ -296,7 +312,8 @@ def _layer_values(info, values, layer: int, heads: list, like: torch.Tensor) -> 
 
 
 @contextmanager
-def set_heads(info, row_heads: list | None = None, heads=None, values=None, positions=None):
+def set_heads(info: ModelInfo, row_heads: list[list[Head]] | None = None, heads: list[Head] | None = None, values=None,
+              positions=None):
     """Replace heads' outputs (before the output projection) with zeros or given values: the one
     mechanism behind every head ablation and patch in the book.
 
@@ -351,7 +368,7 @@ def set_heads(info, row_heads: list | None = None, heads=None, values=None, posi
 
 
 @contextmanager
-def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | None = None):
+def ablate_heads(info: ModelInfo, heads: list[Head], positions=None, mode: str = "zero", means: dict | None = None):
     """Replace chosen heads' outputs (before the output projection) with zeros or their means, in
     every row of the batch (set_heads does the work).
 
@@ -368,7 +385,7 @@ def ablate_heads(info, heads, positions=None, mode: str = "zero", means: dict | 
 
 
 @contextmanager
-def add_to_residual(info, row_additions: list, positions=None):
+def add_to_residual(info: ModelInfo, row_additions: list, positions=None):
     """Row r of the next batch gets vector v added to the residual stream entering layer l, where
     row_additions[r] = (l, v) (v: (d_model,)), or nothing where it is None. positions: None for every
     position, or a (batch,) LongTensor. Adding a function vector to a middle layer is this."""
@@ -404,7 +421,7 @@ def add_to_residual(info, row_additions: list, positions=None):
         yield
 
 
-def _neurons_per_layer(info, neurons_by_layer: dict) -> dict:
+def _neurons_per_layer(info: ModelInfo, neurons_by_layer: dict) -> dict:
     """{layer: LongTensor of neuron indices}, refusing layers and neurons the model does not have."""
     chosen = {}
     for layer, neurons in neurons_by_layer.items():
@@ -419,7 +436,7 @@ def _neurons_per_layer(info, neurons_by_layer: dict) -> dict:
 
 
 @contextmanager
-def ablate_neurons(info, neurons_by_layer: dict, positions=None, rows=None):
+def ablate_neurons(info: ModelInfo, neurons_by_layer: dict, positions=None, rows=None):
     """Zero chosen FFN neurons: their activations m_k, i.e. the inputs of the MLP's output projection.
 
     neurons_by_layer: {layer: neuron indices}. positions: None for every position, or a LongTensor
@@ -458,7 +475,7 @@ def ablate_neurons(info, neurons_by_layer: dict, positions=None, rows=None):
 
 
 @contextmanager
-def edit_attention(info, edit_fn, heads=None):
+def edit_attention(info: ModelInfo, edit_fn, heads=None):
     """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.
 
     weights: (batch, heads, q_len, k_len) after softmax; return new weights or None to keep them.

@@ -6,22 +6,23 @@ from __future__ import annotations
 import torch
 
 from .attribution import frozen_norm, norm_bias
+from .models import ModelInfo
 
 
 @torch.no_grad()
-def project(info, vectors: torch.Tensor) -> torch.Tensor:
+def project(info: ModelInfo, vectors: torch.Tensor) -> torch.Tensor:
     """Logits of vectors (..., d_model) read alone: (..., vocab). Pass few rows (262k vocabulary)."""
     return info.logits_from_residual(vectors).float().cpu()
 
 
-def top_tokens(info, vector: torch.Tensor, k: int = 10) -> list:
+def top_tokens(info: ModelInfo, vector: torch.Tensor, k: int = 10) -> list:
     """The k tokens a single vector (d_model,) promotes most, as readable strings."""
     ids = project(info, vector[None])[0].topk(k).indices.tolist()
     return [info.tokenizer.decode([i]) for i in ids]
 
 
 @torch.no_grad()
-def label_log_odds(info, vectors: torch.Tensor, word_ids, frozen_at: torch.Tensor | None = None) -> torch.Tensor:
+def label_log_odds(info: ModelInfo, vectors: torch.Tensor, word_ids, frozen_at: torch.Tensor | None = None) -> torch.Tensor:
     """log p(w0 | v) - log p(w1 | v) for vectors (..., d_model): (...).
 
     frozen_at=None: the real final norm on v alone (scale-free: 2v reads like v). frozen_at=x

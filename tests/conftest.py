@@ -213,5 +213,5 @@ def all_positions(batch) -> torch.Tensor:
 @pytest.fixture
 def trace_final(info, batch):
     """The real final residual stream at each prompt's last position: (batch, d_model)."""
-    trace = icl_utils.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("resid",))
+    trace = icl_utils.run_with_trace(info, batch, record=("resid",))
     return trace.resid[info.n_layers][:, 0]

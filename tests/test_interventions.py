@@ -274,7 +274,7 @@ def test_hooks_removed_after_run_with_trace(info, batch):
         seen["recorders"] = len(tracing.interventions(info).recorders)
 
     with edit_attention(info, spy):
-        run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+        run_with_trace(info, batch)
     assert seen["hooks"] > 0 and seen["recorders"] == 1  # they were there during the pass
     _assert_clean(info)
 
@@ -286,7 +286,7 @@ def test_hooks_removed_when_run_with_trace_fails(info, batch):
         run_with_trace(info, batch.input_ids, batch.attention_mask, bad)
     _assert_clean(info)
     # and the model still works normally afterwards
-    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+    trace = run_with_trace(info, batch)
     assert trace.logits.shape[0] == len(batch.last_positions)
     _assert_clean(info)
 
@@ -321,7 +321,7 @@ def test_observers_removed_when_body_of_edit_attention_raises(info, batch):
 
     with pytest.raises(ZeroDivisionError):
         with edit_attention(info, failing_edit):
-            run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+            run_with_trace(info, batch)
     _assert_clean(info)
 
 
@@ -329,7 +329,7 @@ def test_nested_contexts_unwind(info, batch):
     with pytest.raises(RuntimeError, match="inner"):
         with ablate_heads(info, [(0, 1)]):
             with edit_attention(info, lambda *a: None):
-                run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+                run_with_trace(info, batch)
                 raise RuntimeError("inner")
     _assert_clean(info)
 

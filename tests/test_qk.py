@@ -8,7 +8,7 @@ from icl_utils import qk
 
 @pytest.fixture
 def trace(info, batch):
-    return iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("attn", "qkv"))
+    return iu.run_with_trace(info, batch, record=("attn", "qkv"))
 
 
 def test_scores_reproduce_the_recorded_attention(info, batch, trace):
@@ -30,7 +30,7 @@ def bundle_has_window(info):
 
 def test_unrotate_inverts_the_models_rotation_and_leaves_scores_position_free(info, batch):
     with qk.capture_rotary(info) as rotary:
-        trace = iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("qkv",))
+        trace = iu.run_with_trace(info, batch, record=("qkv",))
     if not rotary:
         assert info.positions != "rotary"
         return
@@ -48,7 +48,7 @@ def test_unrotate_inverts_the_models_rotation_and_leaves_scores_position_free(in
 
 def test_rotary_is_captured_for_rotary_models_only(info, batch):
     with qk.capture_rotary(info) as rotary:
-        iu.run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("attn",))
+        iu.run_with_trace(info, batch, record=("attn",))
     assert bool(rotary) == (info.positions == "rotary")
     assert all(len(h._forward_pre_hooks) == 0 for h in info.attentions)
 

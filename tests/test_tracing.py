@@ -32,7 +32,7 @@ def test_head_writes_sum_to_attention_output(info, batch):
 
 
 def test_head_writes_use_each_heads_slice_of_w_o(info, batch):
-    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+    trace = run_with_trace(info, batch)
     layer, head = info.n_layers - 1, 1
     writes = head_writes(info, trace, layer)
     w_oh = info.head_out_weight(layer, head)
@@ -90,7 +90,7 @@ def test_recorded_attention_matches_eager_output_attentions(bundle, batch):
             # padding keys get no attention from real queries
             assert trace.attn[layer][b, :, :length, length:].abs().sum() == 0
     # and at the last positions only (the way the chapters record)
-    last = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+    last = run_with_trace(info, batch)
     rows = _rows(len(batch.last_positions))
     for layer in range(info.n_layers):
         ref = out.attentions[layer].permute(0, 2, 1, 3)[rows, batch.last_positions[:, None]].permute(0, 2, 1, 3)
@@ -187,17 +187,17 @@ def test_recording_attention_equals_sdpa_after_switching_back(bundle, batch):
 
 
 def test_padded_batch_equals_each_prompt_alone(info, prompts, batch):
-    batched = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions, record=("logits",))
+    batched = run_with_trace(info, batch, record=("logits",))
     assert batched.logits.shape == (len(prompts), 1, info.vocab_size)
     for i, prompt in enumerate(prompts):
         alone = icl_utils.encode_prompts(info, [prompt])
         assert alone.input_ids.shape[1] == batch.last_positions[i] + 1
-        single = run_with_trace(info, alone.input_ids, alone.attention_mask, alone.last_positions, record=("logits",))
+        single = run_with_trace(info, alone, record=("logits",))
         torch.testing.assert_close(batched.logits[i], single.logits[0], atol=1e-4, rtol=0)
 
 
 def test_final_residual_through_norm_and_unembedding_gives_logits(info, batch):
-    trace = run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+    trace = run_with_trace(info, batch)
     assert sorted(trace.resid) == list(range(info.n_layers + 1))
     logits = info.logits_from_residual(trace.resid[info.n_layers]).detach()
     torch.testing.assert_close(logits, trace.logits, atol=1e-4, rtol=0)
@@ -209,4 +209,4 @@ def test_run_with_trace_refuses_model_without_recording_attention(bundles, token
     info = icl_utils.describe_model(bundles["llama"].ref, tokenizer, "sdpa-llama")
     batch = icl_utils.encode_prompts(info, prompts[:2])
     with pytest.raises(RuntimeError, match="use_recording_attention"):
-        run_with_trace(info, batch.input_ids, batch.attention_mask, batch.last_positions)
+        run_with_trace(info, batch)

