@@ -148,10 +148,10 @@ def section_fv(model: str, args) -> dict:
 
     import icl_utils as iu
     from icl_utils import function_vectors as fv
-    from icl_utils.evaluation import spearman
+    from icl_utils.stats import spearman
 
     info = iu.load_model(model, device="cpu")
-    pairs = fv.load_fv_task("country_capital")
+    pairs = iu.load_pair_task("country_capital")
     build = lambda shuffle: fv.build_fv_prompts(pairs, args.fv_prompts, 10, seed=0, fmt=fv.ARROW,  # noqa: E731
                                                 shuffle_labels=shuffle, task="country_capital")
     means = fv.run_fv_prompts(info, build(False)).head_out.mean(0)  # (layers, heads, d_head)

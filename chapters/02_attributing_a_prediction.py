@@ -111,7 +111,7 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils import attribution as A
-from icl_utils.evaluation import cached_prefix, replay
+from icl_utils.evaluation import cached_prefix, next_token_logits, replay
 from icl_utils.heads import top_heads
 from icl_utils.prompts import pad_right
 from icl_utils.stats import pearson, spearman
@@ -139,13 +139,6 @@ info
 # own prediction.
 
 # %%
-def next_token_logits(id_lists: list) -> torch.Tensor:
-    """Logits at the last token of each (unpadded) id list, in one right-padded batch: (n, vocab)."""
-    ids, mask, last = pad_right(tok, id_lists)
-    hidden = info.decoder(input_ids=ids.to(info.device), attention_mask=mask.to(info.device), use_cache=False)
-    return info.logits_from_final_hidden(hidden.last_hidden_state[torch.arange(len(last)), last]).float().cpu()
-
-
 def word(token_id: int) -> str:
     return repr(tok.decode([int(token_id)]))
 
@@ -155,7 +148,7 @@ icl_candidates = iu.build_prompts(task, N_ICL_CANDIDATES, demos_per_class=DEMOS_
 icl_batch = iu.encode_prompts(info, icl_candidates)
 icl_ids = [icl_batch.input_ids[i, : n + 1].tolist() for i, n in enumerate(icl_batch.last_positions.tolist())]
 label_ids = dict(zip(iu.FOO_BAR, iu.label_token_ids(tok, iu.FOO_BAR)))
-icl_logits = next_token_logits(icl_ids)
+icl_logits = next_token_logits(info, icl_ids)
 icl_table = pd.DataFrame([
     {"query": p.query, "gold": p.gold, "gold word": p.label_words[p.gold], "top next token": word(z.argmax()),
      "p(top)": z.softmax(-1).max().item(),
@@ -170,7 +163,7 @@ icl_index = int(icl_table.right.idxmax())
 
 fact_ids = [tok(text)["input_ids"] for text, _ in FACT_CANDIDATES]
 answer_ids = [tok(answer, add_special_tokens=False)["input_ids"] for _, answer in FACT_CANDIDATES]
-fact_logits = next_token_logits(fact_ids)
+fact_logits = next_token_logits(info, fact_ids)
 fact_table = pd.DataFrame([
     {"prompt": text, "expected": answer, "top next token": word(z.argmax()), "p(top)": z.softmax(-1).max().item(),
      "right": len(a) == 1 and int(z.argmax()) == a[0]}
@@ -621,7 +614,10 @@ def last_position_runner(ids: list):
 
 def target_metrics(hidden: torch.Tensor, target: int) -> tuple:
     """(probability of the target, its rank among all tokens, 1 = top) for each row of final hidden states."""
-    logits = info.logits_from_final_hidden(hidden).float().cpu()
+    return metrics_of(info.logits_from_final_hidden(hidden).float().cpu(), target)
+
+
+def metrics_of(logits: torch.Tensor, target: int) -> tuple:
     return logits.softmax(-1)[:, target], 1 + (logits > logits[:, target : target + 1]).sum(-1)
 
 
@@ -664,7 +660,7 @@ for i, name in enumerate(tqdm(PROMPTS, desc="ablations")):
     print(f"   {len(sets)} ablations in one batched step; row 0 vs ablate_heads: p {p[0]:.6f} vs {p_check.item():.6f}")
     # direct effect: the writes removed from the final residual, the real final norm applied, nothing recomputed
     without = torch.stack([final[i] - direct_write(i, unit, chosen) for unit, _, _, _, chosen in sets])
-    p_direct, rank_direct = target_metrics(info.final_norm(without.to(info.device)), targets[i])  # real norm, on the model's device
+    p_direct, rank_direct = metrics_of(info.logits_from_residual(without).float(), targets[i])  # the real final norm
     for j, (unit, k, ranking, draw, _) in enumerate(sets):
         causal.append({"prompt": name, "components": unit, "k": k, "ranking": ranking, "draw": draw, "p": p[j].item(),
                        "rank": rank[j].item(), "p direct": p_direct[j].item(), "rank direct": rank_direct[j].item(),

@@ -101,7 +101,7 @@ from IPython.display import display
 import icl_utils as iu
 from icl_utils import function_vectors as fv
 from icl_utils import induction as ind
-from icl_utils.evaluation import spearman
+from icl_utils.stats import spearman
 from icl_utils.heads import find_in_context_heads, top_heads
 from icl_utils.reporting import Claim, claims_table, save_results
 
@@ -128,8 +128,8 @@ print(f"{N} heads: the top {HEAD_PERCENTS}% are {[n_heads_for(p) for p in HEAD_P
 
 # %%
 t0 = time.time()
-task_names = TASKS or fv.available_fv_tasks()
-pairs = {name: fv.load_fv_task(name) for name in task_names}
+task_names = TASKS or iu.available_pair_tasks()
+pairs = {name: iu.load_pair_task(name) for name in task_names}
 formats = {"Q: x / A: y": fv.QA, "x -> y": fv.ARROW}
 clean_runs, rows = {}, []
 for fname, fmt in formats.items():

@@ -16,7 +16,7 @@ from .prompts import (
     task_pools,
 )
 from .reporting import ClaimSpec, Verdict, grade
-from .tasks import Task, available_tasks, load_task
+from .tasks import Task, available_pair_tasks, available_tasks, load_pair_task, load_task
 from .tracing import Trace, ablate_heads, ablate_neurons, edit_attention, head_writes, run_with_trace
 
 __all__ = [
@@ -27,5 +27,5 @@ __all__ = [
     "head_writes", "label_token_ids", "load_model", "load_task", "rank_heads", "render_prompt",
     "run_with_trace", "score_prompts", "top_heads",
     "ClaimSpec", "Verdict", "grade", "task_pools", "calibration_prompts", "design_prompts", "score_calibrated",
-    "score_head_ablations", "score_task",
+    "score_head_ablations", "score_task", "available_pair_tasks", "load_pair_task",
 ]

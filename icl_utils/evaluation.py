@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import build_prompt_groups, calibration_prompts, demo_set_ids, encode_prompts, label_token_ids
-from .stats import auc, spearman  # noqa: F401  (spearman: re-exported for chapters)
+from .prompts import build_prompt_groups, calibration_prompts, demo_set_ids, encode_prompts, label_token_ids, pad_right
+from .stats import auc
 from .tracing import positional_interventions_active, set_heads
 from .models import Head, ModelInfo
 
@@ -197,6 +197,16 @@ def last_position_hidden(info: ModelInfo, batch) -> torch.Tensor:
     )
     rows = torch.arange(len(batch.last_positions))
     return out.last_hidden_state[rows, batch.last_positions.to(info.device)]
+
+
+@torch.no_grad()
+def next_token_logits(info: ModelInfo, id_lists: list) -> torch.Tensor:
+    """Next-token logits after each list of token ids (unpadded, of any lengths), in one right-padded
+    batch: (n, vocab), on the CPU."""
+    ids, mask, last = pad_right(info.tokenizer, id_lists)
+    out = info.decoder(input_ids=ids.to(info.device), attention_mask=mask.to(info.device), use_cache=False)
+    rows = torch.arange(len(last))
+    return info.logits_from_final_hidden(out.last_hidden_state[rows.to(info.device), last.to(info.device)]).float().cpu()
 
 
 # ----------------------------------------------------------------------------------------------

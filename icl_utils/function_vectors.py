@@ -12,66 +12,25 @@ intervention (`last_token_logits` inside `tracing.set_heads` or `tracing.add_to_
 """
 from __future__ import annotations
 
-import json
 import random
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .attribution import frozen_norm
 from .evaluation import cached_prefix, replay
-from .prompts import pad_right
-from .tasks import DATA_DIR
+from .prompts import PromptFormat, pad_right
 from .tracing import _per_layer, add_to_residual, run_with_trace, set_heads
 from .models import ModelInfo
-
-FV_TASK_DIR = DATA_DIR / "fv_tasks"
-
 
 # ----------------------------------------------------------------------------------------------
 # Tasks and prompts
 
 
-def available_fv_tasks() -> list:
-    """Names of the word tasks that ship in data/fv_tasks/."""
-    return sorted(p.stem for p in FV_TASK_DIR.glob("*.jsonl"))
-
-
-def load_fv_task(name_or_path: str) -> list:
-    """[(input, output), ...] from data/fv_tasks/<name>.jsonl or a JSONL path with those keys."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = FV_TASK_DIR / f"{name_or_path}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"No FV task {name_or_path!r}; shipped tasks: {available_fv_tasks()}")
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not {"input", "output"} <= set(row):
-                raise ValueError(f"{path}:{n}: each line needs 'input' and 'output', got {sorted(row)}")
-            pairs.append((row["input"], row["output"]))
-    return pairs
-
-
-@dataclass(frozen=True)
-class FVFormat:
-    input_prefix: str = "Q: "
-    output_prefix: str = "\nA:"
-    separator: str = "\n\n"
-
-    def demo(self, x: str, y: str) -> str:
-        return f"{self.input_prefix}{x}{self.output_prefix} {y}"
-
-    def query(self, x: str) -> str:
-        return f"{self.input_prefix}{x}{self.output_prefix}"
-
-
-QA = FVFormat()  # Todd et al.'s format
-ARROW = FVFormat("", " ->", "\n")  # "x -> y", one demonstration per line
+QA = PromptFormat("Q: ", "\nA:", "\n\n")  # Todd et al.'s format: "Q: x\nA: y"
+ARROW = PromptFormat("", " ->", "\n")  # "x -> y", one demonstration per line
 
 
 @dataclass
@@ -82,7 +41,7 @@ class FVPrompt:
     task: str = ""
 
 
-def build_fv_prompts(pairs: list, n_prompts: int, n_demos: int = 10, seed: int = 0, fmt: FVFormat = QA,
+def build_fv_prompts(pairs: list, n_prompts: int, n_demos: int = 10, seed: int = 0, fmt: PromptFormat = QA,
                      shuffle_labels: bool = False, task: str = "") -> list:
     """`n_prompts` prompts, each a different query with `n_demos` other pairs as demonstrations.
 
@@ -107,7 +66,7 @@ def build_fv_prompts(pairs: list, n_prompts: int, n_demos: int = 10, seed: int =
     return prompts
 
 
-def zero_shot_prompts(prompts: list, fmt: FVFormat = QA) -> list:
+def zero_shot_prompts(prompts: list, fmt: PromptFormat = QA) -> list:
     """The same queries with no demonstrations."""
     return [FVPrompt(fmt.query(p.query), p.query, p.answer, p.task) for p in prompts]
 

@@ -11,6 +11,7 @@ from .errors import ModelNotAvailableError, TaskFormatError
 
 DATA_DIR = Path(os.environ.get("ICL_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 TASK_DIR = DATA_DIR / "tasks"
+PAIR_TASK_DIR = DATA_DIR / "fv_tasks"  # word-pair tasks x -> y (chapter 8's function-vector tasks)
 
 # Short names for Hugging Face datasets used by the paper (loadable where the network allows).
 HF_ALIASES = {
@@ -36,6 +37,23 @@ class Task:
 def available_tasks() -> list:
     """Names of the tasks that ship in data/tasks/."""
     return sorted(p.stem for p in TASK_DIR.glob("*.jsonl"))
+
+
+def available_pair_tasks() -> list:
+    """Names of the word-pair tasks (input -> output) that ship in data/fv_tasks/."""
+    return sorted(p.stem for p in PAIR_TASK_DIR.glob("*.jsonl"))
+
+
+def load_pair_task(name_or_path: str, input_key: str = "input", output_key: str = "output") -> list:
+    """[(input, output), ...]: a word-pair task by shipped name ("country_capital") or file path
+    (.jsonl/.csv/.tsv with those fields), read and checked like load_task's classification files."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PAIR_TASK_DIR / f"{name_or_path}.jsonl"
+        if not path.exists():
+            raise TaskFormatError(f"Unknown word-pair task '{name_or_path}'. Shipped tasks: "
+                                  f"{', '.join(available_pair_tasks())}; or pass a path to a .jsonl/.csv/.tsv file.")
+    return _read_file(path, input_key, output_key)
 
 
 def load_task(

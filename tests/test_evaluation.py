@@ -111,7 +111,7 @@ def test_calibration_with_a_reference_keeps_an_interventions_shift():
 
 
 def test_spearman_is_one_for_monotone_maps_and_minus_one_for_reversed():
-    from icl_utils.evaluation import spearman
+    from icl_utils.stats import spearman
 
     a = torch.randn(3, 4)
     assert abs(spearman(a, a.exp()) - 1) < 1e-6

@@ -9,11 +9,14 @@ import torch
 
 from icl_utils import function_vectors as fv
 from icl_utils import tracing
+from icl_utils.errors import TaskFormatError
+from icl_utils.prompts import PromptFormat
+from icl_utils.tasks import available_pair_tasks, load_pair_task
 from icl_utils.tracing import ablate_heads, head_writes, run_with_trace
 
 from conftest import ANIMALS, VEHICLES
 
-FMT = fv.FVFormat("Input: ", "\nLabel:", "\n\n")  # words the tiny tokenizer knows
+FMT = PromptFormat("Input: ", "\nLabel:", "\n\n")  # words the tiny tokenizer knows
 PAIRS = list(zip(ANIMALS, VEHICLES))  # "dog" -> "car", ... 12 pairs
 
 
@@ -58,17 +61,17 @@ def test_bad_requests_and_task_files(tmp_path):
         fv.build_fv_prompts(PAIRS, 13, n_demos=3)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"input": "a", "label": "b"}) + "\n")
-    with pytest.raises(ValueError, match="'input' and 'output'"):
-        fv.load_fv_task(str(bad))
-    with pytest.raises(FileNotFoundError, match="shipped tasks"):
-        fv.load_fv_task("no_such_task")
+    with pytest.raises(TaskFormatError, match="'input' and 'output'"):
+        load_pair_task(str(bad))
+    with pytest.raises(TaskFormatError, match="Shipped tasks"):
+        load_pair_task("no_such_task")
 
 
 def test_shipped_tasks_are_well_formed():
-    names = fv.available_fv_tasks()
+    names = available_pair_tasks()
     assert len(names) >= 5
     for name in names:
-        pairs = fv.load_fv_task(name)
+        pairs = load_pair_task(name)
         inputs = [x for x, _ in pairs]
         assert 40 <= len(pairs) <= 60 and len(set(inputs)) == len(inputs), name
 
