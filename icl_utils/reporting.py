@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from .stats import Interval, minimum_detectable_effect, units_needed
+from .stats import Interval, minimum_detectable_effect, units_to_settle
 
 RESULTS_DIR = Path(os.environ.get("ICL_RESULTS_DIR", Path(__file__).resolve().parents[1] / "results"))
 
@@ -83,8 +83,8 @@ class GradedClaim:
     low: float | None = None
     high: float | None = None
     n_units: int | None = None
-    mde: float | None = None  # minimum detectable effect of this design (when inconclusive)
-    units_needed: int | None = None  # units that would make the smallest effect detectable
+    mde: float | None = None  # minimum detectable effect of this design, at 80% power (when inconclusive)
+    units_needed: int | None = None  # units at which an interval around this estimate would settle the claim
     precondition_met: bool | None = None
     reason: str = ""  # why not testable / why it differs
 
@@ -93,7 +93,8 @@ class GradedClaim:
         interval = "" if self.low is None else f"[{self.low:+.3f}, {self.high:+.3f}]"
         settle = ""
         if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None:
-            settle = f"detectable: {self.mde:.3f}; needs ~{self.units_needed} {self.spec.unit}s"
+            settle = (f"detectable effect {self.mde:.3f}; " + (f"~{self.units_needed} {self.spec.unit}s would settle it"
+                      if self.units_needed else "the estimate sits on the smallest effect that counts"))
         return {
             "claim": self.spec.claim, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
             "estimate": self.estimate, "interval": interval, "smallest effect": self.spec.smallest_effect,
@@ -131,7 +132,7 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     else:
         graded.verdict = Verdict.INCONCLUSIVE
         graded.mde = minimum_detectable_effect(interval.se, interval.confidence)
-        graded.units_needed = units_needed(interval.se, interval.n_units, spec.smallest_effect, interval.confidence)
+        graded.units_needed = units_to_settle(interval.se, interval.n_units, effect, spec.smallest_effect, interval.confidence)
     return graded
 
 

@@ -141,6 +141,17 @@ def units_needed(se: float, n_units: int, effect: float, confidence: float = CON
     return max(n_units, math.ceil(n_units * (mde / effect) ** 2))
 
 
+def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int | None:
+    """Units at which an interval around the same estimate would settle a claim: exclude 0 when the
+    estimated `effect` (in the claim's direction) reaches `threshold`, else exclude `threshold` from
+    above. None when the estimate sits exactly on the threshold (no sample size settles it)."""
+    gap = effect if effect >= threshold else threshold - effect
+    if gap <= 0:
+        return None
+    half_width = _z(1 - (1 - confidence) / 2) * se
+    return max(n_units + 1, math.ceil(n_units * (half_width / gap) ** 2))
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation of two equally long sequences or equally shaped tensors (flattened)."""
     a, b = _as_array(a).ravel(), _as_array(b).ravel()

@@ -32,7 +32,9 @@ def test_grade_follows_the_declared_rule(est, low, high, expected):
     assert graded.verdict is expected
     if expected is Verdict.INCONCLUSIVE:
         assert graded.mde == pytest.approx(2.8016 * 0.05, rel=1e-3)
-        assert graded.units_needed == math.ceil(8 * (graded.mde / 0.10) ** 2)
+        # an interval of half-width 1.96 se around 0.08 excludes 0.10 from above once se shrinks enough
+        assert graded.units_needed == math.ceil(8 * (1.959964 * 0.05 / (0.10 - 0.08)) ** 2)
+        assert "would settle it" in graded.row()["settle"]
     else:
         assert graded.mde is None
 

@@ -81,3 +81,15 @@ def test_interval_from_draws_is_the_percentile_interval():
     ci = interval_from_draws(0.5, draws, n_units=6, unit="demonstration set")
     assert ci.low == pytest.approx(0.025) and ci.high == pytest.approx(0.975)
     assert ci.se == pytest.approx(draws.std(ddof=1)) and ci.n_units == 6
+
+
+def test_units_to_settle_an_inconclusive_estimate():
+    from icl_utils.stats import units_to_settle
+
+    z = st.norm.ppf(0.975)
+    # below the threshold: the interval must come to lie under it
+    assert units_to_settle(0.05, 8, 0.06, 0.10) == math.ceil(8 * (z * 0.05 / 0.04) ** 2)
+    # at or above the threshold: the interval must leave zero
+    assert units_to_settle(0.1, 8, 0.15, 0.10) == math.ceil(8 * (z * 0.1 / 0.15) ** 2)
+    assert units_to_settle(0.1, 8, 0.10, 0.10) == math.ceil(8 * (z * 0.1 / 0.10) ** 2)
+    assert units_to_settle(0.01, 8, 0.5, 0.10) == 9  # always more than now
