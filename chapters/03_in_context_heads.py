@@ -84,6 +84,8 @@ import seaborn as sns
 import torch
 
 import icl_utils as iu
+from icl_utils.attribution import head_direct_effects
+from icl_utils.evaluation import batches
 from icl_utils.heads import rank_heads, save_in_context_heads, top_heads
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, save_results
 from icl_utils.stats import cluster_bootstrap, interval_from_draws, mean_interval, percentile_of, spearman
@@ -349,20 +351,31 @@ summary.round(3)
 #
 # Each dot is one head: its $S$ on the selection prompts against what zeroing it alone costs on the
 # evaluation prompts. $S$ counts only the head's *direct* write to the last position; zeroing also
-# removes what later layers do with it (the total effect), so the two need not agree.
+# removes what later layers do with it (the total effect), so the two need not agree. The third
+# panel is the direct effect on the same evaluation prompts: the head's write removed from the
+# final residual stream, nothing downstream recomputed.
 
 # %%
 singles = {lh: ablated["single", lh] for lh in all_heads}
+# the direct effect of each head on the same prompts: its write removed from the final residual only
+direct = []
+for chunk in batches(eval_prompts, BATCH_SIZE):
+    chunk_batch = iu.encode_prompts(info, chunk)
+    trace = iu.run_with_trace(info, chunk_batch, record=("resid", "head_out", "attn_out"))
+    gold_ids = torch.tensor(iu.label_token_ids(info.tokenizer, [p.label_words[p.gold] for p in chunk]))
+    direct.append(head_direct_effects(info, trace, gold_ids))
+direct_fall = torch.cat(direct).flatten(1).T.numpy()  # (heads, prompts): fall of log p(gold) without the head's write
 logp_fall = np.stack([clean_logp - singles[lh].gold_log_probs().numpy() for lh in all_heads])  # (heads, prompts)
 margin_fall = np.stack([clean_margin - singles[lh].gold_margins().numpy() for lh in all_heads])
 S_flat = np.array([importance[lh].item() for lh in all_heads])
-fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
-for ax, fall, label in [(axes[0], logp_fall, "fall of log p(gold word)"), (axes[1], margin_fall, "fall of gold logit margin")]:
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+for ax, fall, label in [(axes[0], logp_fall, "fall of log p(gold word)"), (axes[1], margin_fall, "fall of gold logit margin"),
+                        (axes[2], direct_fall, "direct effect on log p(gold)")]:
     ax.scatter(S_flat, fall.mean(1), s=12)
     for l, h in in_context_heads[:3]:
         ax.annotate(f"{l}.{h}", (importance[l, h].item(), fall[all_heads.index((l, h))].mean()), fontsize=8)
     ax.set_xlabel("S on selection prompts (one pass)")
-    ax.set_ylabel(f"{label}\nzeroed alone (evaluation)", fontsize=9)
+    ax.set_ylabel(f"{label}\n(evaluation)" if fall is direct_fall else f"{label}\nzeroed alone (evaluation)", fontsize=9)
 fig.suptitle(f"{info.n_total_heads} heads: cheap ranking vs zeroing one head at a time", fontsize=10)
 plt.tight_layout()
 plt.show()
@@ -450,8 +463,10 @@ graded.append(grade(claim_specs["deep layers"], depth_ci, f"top {n_top} heads: m
 # S (selection) against the fall of log p(gold) when each head is zeroed alone (evaluation)
 rank_rho = cluster_bootstrap(lambda r: spearman(S_flat, logp_fall[:, r].mean(1)), clusters, seed=SEED)
 margin_rho = spearman(S_flat, margin_fall.mean(1))
+direct_rho = cluster_bootstrap(lambda r: spearman(S_flat, direct_fall[:, r].mean(1)), clusters, seed=SEED)
 graded.append(grade(claim_specs["ranking vs zeroing"], rank_rho,
-                    f"Spearman {rank_rho} over {info.n_total_heads} heads (with the margin's fall: {margin_rho:+.2f}); top-{n_top} "
+                    f"Spearman {rank_rho} over {info.n_total_heads} heads (with the margin's fall: {margin_rho:+.2f}; with the "
+                    f"direct effect, nothing downstream recomputed: {direct_rho}); top-{n_top} "
                     f"overlap {len(set(in_context_heads) & set(all_heads[i] for i in np.argsort(-logp_fall.mean(1))[:n_top]))}/{n_top}",
                     precondition_met=learns_ok))
 
@@ -483,7 +498,8 @@ save_results(
         "clean_raw_accuracy": clean.accuracy(), "clean_auc": clean.auc(),
         "ablations": summary.reset_index().to_dict(orient="records"),
         "top_in_resampled_rankings": {f"{l}.{h}": in_top[l, h].item() for l, h in in_context_heads},
-        "spearman_vs_sweep": rank_rho.estimate, "spearman_vs_margin_sweep": margin_rho, "spearman_across_tasks": task_rho,
+        "spearman_vs_sweep": rank_rho.estimate, "spearman_vs_margin_sweep": margin_rho,
+        "spearman_vs_direct_effect": direct_rho.estimate, "spearman_across_tasks": task_rho,
         "ranking_s_per_prompt": ranking_seconds_per_prompt, "ablations_s": sweep_seconds,
         "runtime_s": time.time() - start,
     },

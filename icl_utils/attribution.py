@@ -146,6 +146,16 @@ def head_importance(info: ModelInfo, trace: Trace, targets: torch.Tensor, positi
     return scores[..., 0] if one_target else scores
 
 
+def head_direct_effects(info: ModelInfo, trace: Trace, targets: torch.Tensor, position: int = 0) -> torch.Tensor:
+    """What removing only each head's direct write costs: log p(y | x_L) - log p(y | x_L - o^{l,h}), with
+    x_L the real final residual and ln_f frozen there; nothing downstream is recomputed.
+    (batch, n_layers, n_heads). The direct counterpart of zeroing a head (a total effect)."""
+    final = trace.final_resid[:, position]
+    heads = torch.stack([head_contributions(info, trace, l)[:, position] for l in range(info.n_layers)], 1).flatten(1, 2)
+    logp = target_log_probs(info, torch.cat([final[:, None], final[:, None] - heads], 1), final, targets[:, None])[..., 0]
+    return (logp[:, :1] - logp[:, 1:]).unflatten(1, (info.n_layers, info.n_heads))
+
+
 def layer_importance(info: ModelInfo, trace: Trace, targets: torch.Tensor, position: int = 0) -> dict:
     """Log-probability increase of every attention block and every MLP block: {"attention", "mlp"}: (batch, n_layers).
 

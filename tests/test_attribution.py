@@ -238,3 +238,17 @@ def test_gradient_screen_leaves_no_gradients_on_the_model(info, trace):
     final, targets = trace.resid[info.n_layers][:, 0], trace.logits[:, 0].argmax(-1)
     A.log_prob_gradient(info, A.mlp_bases(info, trace), final, targets)
     assert all(p.grad is None for p in info.model.parameters())
+
+
+def test_head_direct_effects_remove_one_write_from_the_final_residual(info, batch):
+    from icl_utils.attribution import head_contributions, head_direct_effects, target_log_probs
+
+    trace = run_with_trace(info, batch)
+    targets = batch.input_ids[torch.arange(len(batch.last_positions)), batch.last_positions]
+    effects = head_direct_effects(info, trace, targets)
+    assert effects.shape == (len(targets), info.n_layers, info.n_heads)
+    final = trace.final_resid[:, 0]
+    l, h = info.n_layers - 1, 1
+    without = final - head_contributions(info, trace, l)[:, 0, h]
+    logp = target_log_probs(info, torch.stack([final, without], 1), final, targets[:, None])[..., 0]
+    torch.testing.assert_close(effects[:, l, h], logp[:, 0] - logp[:, 1], atol=1e-5, rtol=1e-4)
