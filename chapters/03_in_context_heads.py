@@ -359,11 +359,10 @@ summary.round(3)
 singles = {lh: ablated["single", lh] for lh in all_heads}
 # the direct effect of each head on the same prompts: its write removed from the final residual only
 direct = []
+class_ids = torch.tensor(iu.label_token_ids(info.tokenizer, [words[c] for c in task.classes]))
 for chunk in batches(eval_prompts, BATCH_SIZE):
-    chunk_batch = iu.encode_prompts(info, chunk)
-    trace = iu.run_with_trace(info, chunk_batch, record=("resid", "head_out", "attn_out"))
-    gold_ids = torch.tensor(iu.label_token_ids(info.tokenizer, [p.label_words[p.gold] for p in chunk]))
-    direct.append(head_direct_effects(info, trace, gold_ids))
+    trace = iu.run_with_trace(info, iu.encode_prompts(info, chunk), record=("resid", "head_out", "attn_out"))
+    direct.append(head_direct_effects(info, trace, class_ids[[task.classes.index(p.gold) for p in chunk]]))
 direct_fall = torch.cat(direct).flatten(1).T.numpy()  # (heads, prompts): fall of log p(gold) without the head's write
 logp_fall = np.stack([clean_logp - singles[lh].gold_log_probs().numpy() for lh in all_heads])  # (heads, prompts)
 margin_fall = np.stack([clean_margin - singles[lh].gold_margins().numpy() for lh in all_heads])
