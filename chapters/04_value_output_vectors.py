@@ -118,6 +118,7 @@ for name, heads in head_groups.items():
 
 # %%
 prompts = iu.build_prompts(task, N_PROMPTS, demos_per_class=DEMOS_PER_CLASS, seed=SEED + 1)
+ranking.check_held_out(prompts)  # evaluation pool: no query that ranked the heads
 record = ("resid", "attn", "qkv", "attn_out")
 
 

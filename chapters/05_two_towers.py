@@ -98,6 +98,7 @@ for name, heads in head_groups.items():
     print(f"{name:>20}: {heads}")
 
 groups = build_prompt_groups(task, N_GROUPS, QUERIES_PER_GROUP, DEMOS_PER_CLASS, seed=SEED + 1)
+ranking.check_held_out([p for g in groups for p in g])  # evaluation pool: no query that ranked the heads
 prompts = [p for g in groups for p in g]
 clean = iu.score_prompts(info, prompts, batch_size=BATCH_SIZE, progress=False)
 predicted = clean.predictions("batch")  # calibrated prediction: class index

@@ -30,8 +30,8 @@
 # * **Majority fix.** Head $h$ writes $o_T = \sum_p \alpha_{T,p} W_O v_p$. At the label positions of
 #   the minority label we scale the attention-weighted value-output vectors by $a = a_c \cdot a_v$,
 #   with $a_v$ = majority count / minority count: $\alpha'_{T,p} = a\,\alpha_{T,p}$, without
-#   renormalising (`scale_attention` with `minority_scale`). $a_c$ is chosen by a sweep on held-out
-#   prompts with one demonstration removed, and then used unchanged for the stronger imbalance
+#   renormalising (`scale_attention` with `minority_scale`). $a_c$ is chosen by a sweep on prompts from
+#   the task's selection pool (never the evaluation pool) with one demonstration removed, and then used unchanged for the stronger imbalance
 #   (there $a_v$ alone adapts $a$, as in the paper's formula).
 # * **Recency fix.** The scores of those heads are computed from $q_T$ and $k_p$ with the rotary
 #   rotation undone, $\alpha'_{T,p} = \mathrm{softmax}_p(s \cdot \mathrm{unrot}(q_T) \cdot
@@ -88,7 +88,7 @@ N_SEEDS = 6  # independent prompt sets for the majority bias (confidence interva
 N_QUERIES = 12  # queries per seed, a multiple of 4: balanced over the gold label and over the minority label
 REMOVED = [1, 2]  # demonstrations removed from the minority label: 1 is the paper's metric, 2 a stronger imbalance
 A_C_GRID = [0.03, 0.8, 0.9, 1.0, 1.5]  # swept on held-out prompts; 0.03 is the published value (a_c = 1 / a_v is no edit)
-N_HELDOUT = 24  # held-out prompts for the sweep (seed SEED + 1), a multiple of 4
+N_HELDOUT = 24  # selection-pool prompts for the a_c sweep (never the evaluation pool), a multiple of 4
 N_DEMO_SETS = 4  # recency: demonstration sets
 N_ORDERS = 4  # random orders of each set
 N_ORDER_QUERIES = 8  # queries asked after each order
@@ -166,13 +166,15 @@ def remove_demos(prompt, cls, n, rng):
     return render_prompt(demos, prompt.query, prompt.gold, prompt.label_words)
 
 
-def imbalanced_set(seed, n_prompts, removed):
+def imbalanced_set(seed, n_prompts, removed, pool="evaluation"):
     """Balanced prompts (seed), and the same prompts with `removed` demonstrations of one label left
     out; prompt i loses label classes[(i // 2) % 2], so gold and minority label are crossed evenly."""
     if max(removed) >= DEMOS_PER_CLASS or n_prompts % 4:
         raise ValueError(f"REMOVED {removed} must stay below DEMOS_PER_CLASS ({DEMOS_PER_CLASS}), and the number of "
                          f"prompts ({n_prompts}) must be a multiple of 4 (gold label x minority label)")
-    balanced = iu.build_prompts(task, n_prompts, demos_per_class=DEMOS_PER_CLASS, seed=seed)
+    balanced = iu.build_prompts(task, n_prompts, demos_per_class=DEMOS_PER_CLASS, seed=seed, pool=pool)
+    if pool == "evaluation":
+        ranking.check_held_out(balanced)  # no query that ranked the heads
     rng = random.Random(seed)
     minority = [classes[(i // 2) % 2] for i in range(n_prompts)]
     return balanced, minority, {r: [remove_demos(p, m, r, rng) for p, m in zip(balanced, minority)] for r in removed}
@@ -184,7 +186,7 @@ def imbalanced_set(seed, n_prompts, removed):
 # removed ones): calibrated accuracy with the label prior of the balanced prompts, per minority
 # label, and the *majority shift*, the mean change of $\log p(\text{majority}) - \log
 # p(\text{minority})$ from the balanced prompt to the imbalanced one (a continuous version of the
-# same bias, in nats). First the sweep of $a_c$ on held-out prompts (seed `SEED + 1`), then the
+# same bias, in nats). First the sweep of $a_c$ on selection-pool prompts (seed `SEED + 1`), then the
 # evaluation seeds.
 
 # %%
@@ -223,7 +225,7 @@ def majority_metrics(bal, imb, minority):
     return out
 
 
-held_bal, held_minority, held_imb = imbalanced_set(SEED + 1, N_HELDOUT, REMOVED[:1])
+held_bal, held_minority, held_imb = imbalanced_set(SEED + 1, N_HELDOUT, REMOVED[:1], pool="selection")  # a_c is chosen here
 held_bal_scores, _ = run(held_bal)
 sweep_rows = [{"a_c": "no fix", **majority_metrics(held_bal_scores, run(held_imb[REMOVED[0]])[0], held_minority)}]
 for a_c in tqdm(A_C_GRID, desc="a_c sweep (held-out)"):
@@ -372,6 +374,7 @@ plt.show()
 # %%
 def order_prompts(d):
     group = build_prompt_groups(task, 1, N_ORDER_QUERIES, DEMOS_PER_CLASS, seed=SEED + 100 + d)[0]
+    ranking.check_held_out(group)
     rng = random.Random(SEED + 100 + d)
     demos = list(group[0].demos)
     orders = []
