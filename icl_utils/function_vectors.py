@@ -117,6 +117,7 @@ def prefix_cache(info: ModelInfo, ids: torch.Tensor):
     return cached_prefix(info, ids[None, :-1])
 
 
+@torch.no_grad()
 def last_token_logits(info: ModelInfo, ids: torch.Tensor, n_rows: int, cache) -> torch.Tensor:
     """Next-token logits at the last token of one prompt, for `n_rows` copies of it in one batch:
     (n_rows, vocab). The other tokens come from `cache` = prefix_cache(info, ids), computed *outside*
@@ -127,6 +128,7 @@ def last_token_logits(info: ModelInfo, ids: torch.Tensor, n_rows: int, cache) ->
     return info.logits_from_final_hidden(hidden[:, 0]).float()
 
 
+@torch.no_grad()
 def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max_rows: int = 128,
                     progress: bool = False, desc: str = "patched runs") -> tuple:
     """For every prompt and every row of heads (see tracing.set_heads; [] = no intervention),
@@ -223,6 +225,7 @@ def function_vector(info: ModelInfo, values: torch.Tensor, heads: list) -> torch
     return total
 
 
+@torch.no_grad()
 def answers_with_additions(info: ModelInfo, prompts: list, row_additions: list, progress: bool = False) -> tuple:
     """Like patched_answers, with tracing.add_to_residual: each row adds its (layer, vector) at the last token."""
     answers = answer_ids(info.tokenizer, prompts)

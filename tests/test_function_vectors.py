@@ -200,3 +200,13 @@ def test_add_to_residual_adds_to_the_residual_stream(info):
     torch.testing.assert_close(added.resid[0], clean.resid[0])  # below the layer: unchanged
     probs, correct = fv.answers_with_additions(info, prompts[:1], [None, (0, vector), (1, vector)])
     assert probs.shape == correct.shape == (1, 3) and probs[0, 1] != probs[0, 0]
+
+
+def test_patching_results_carry_no_autograd_graph(info):
+    """Chapters hand these to numpy and seaborn: nothing may require grad."""
+    prompts = fv.build_fv_prompts(PAIRS, 2, n_demos=3, seed=0, fmt=FMT)
+    probs, correct = fv.patched_answers(info, prompts, [[], [(0, 0)]], _means(info))
+    assert not probs.requires_grad
+    assert not fv.fv_scores_exact(info, prompts, _means(info)).requires_grad
+    assert not fv.last_token_logits(info, torch.tensor(info.tokenizer(prompts[0].text)["input_ids"]), 2,
+                                    fv.prefix_cache(info, torch.tensor(info.tokenizer(prompts[0].text)["input_ids"]))).requires_grad
