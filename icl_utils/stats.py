@@ -9,8 +9,9 @@ every prompt of a set kept together; an interval over training runs resamples se
   statistic of the rows (a mean, a paired difference, an AUC, a rank correlation...).
 * `mean_interval`, `paired_difference`: the two statistics most claims need.
 * `percentile_of(value, null)`: where a value falls among draws of a null (e.g. random heads).
-* `minimum_detectable_effect`, `units_needed`: what a design could have detected, and the number
-  of units (demonstration sets, seeds) that would detect a given effect.
+* `minimum_detectable_effect`, `units_to_settle`: what a design could have detected, and the number
+  of units (demonstration sets, seeds) at which an interval around the current estimate would
+  settle a claim.
 * `spearman`, `pearson`, `auc`: scipy's rank correlation, correlation and Mann-Whitney AUC.
 """
 from __future__ import annotations
@@ -130,15 +131,6 @@ def minimum_detectable_effect(se: float, confidence: float = CONFIDENCE, power: 
     """Smallest true effect a design with standard error `se` detects with probability `power`
     at the given two-sided confidence: (z_{1-alpha/2} + z_power) * se (about 2.8 se)."""
     return (_z(1 - (1 - confidence) / 2) + _z(power)) * se
-
-
-def units_needed(se: float, n_units: int, effect: float, confidence: float = CONFIDENCE, power: float = POWER) -> int:
-    """Units (demonstration sets, seeds) at which `effect` becomes the minimum detectable effect,
-    assuming the standard error shrinks as 1/sqrt(n)."""
-    if effect <= 0:
-        raise ValueError("effect must be positive")
-    mde = minimum_detectable_effect(se, confidence, power)
-    return max(n_units, math.ceil(n_units * (mde / effect) ** 2))
 
 
 def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int | None:

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as st
 
 from icl_utils.stats import (auc, cluster_bootstrap, mean_interval, minimum_detectable_effect, paired_difference,
-                             pearson, percentile_of, spearman, units_needed)
+                             pearson, percentile_of, spearman)
 
 
 def test_bootstrap_of_a_mean_matches_the_normal_interval():
@@ -59,9 +59,6 @@ def test_percentile_and_design_size_closed_forms():
     assert percentile_of(-1, range(10)) == 0
     assert percentile_of(4, range(10)) == pytest.approx(45)
     assert minimum_detectable_effect(1.0) == pytest.approx(st.norm.ppf(0.975) + st.norm.ppf(0.8))
-    # the standard error halves with 4x the units
-    assert units_needed(0.1, 8, minimum_detectable_effect(0.05)) == 32
-    assert units_needed(0.1, 8, 10.0) == 8  # already detectable: no more units
 
 
 def test_rank_statistics_match_closed_forms():
