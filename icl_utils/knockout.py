@@ -144,7 +144,7 @@ def last_position_runs(info: ModelInfo, batch, settings: list) -> torch.Tensor:
     settings: a list of (layers, blocked), blocked a (batch, seq, seq) mask as for knock_out that
     blocks only rows at each prompt's last position (or None for the clean run). Exact and cheap:
     prompts of equal length run their prefix once (keys and values cached), then the last token
-    alone per setting. Unembed with info.logits_from_final_hidden.
+    once for all settings (one row per prompt and setting). Unembed with info.logits_from_final_hidden.
     """
     lengths = batch.attention_mask.sum(1)
     is_last = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
@@ -154,15 +154,25 @@ def last_position_runs(info: ModelInfo, batch, settings: list) -> torch.Tensor:
         if blocked is not None and bool((blocked.any(-1) & ~is_last).any()):
             raise ValueError("last_position_runs replays only the last token: block rows at the last position "
                              "only, or run the whole batch under knock_out.")
-    out = torch.empty(len(settings), len(lengths), info.d_model)
+    n_settings = len(settings)
+    out = torch.empty(n_settings, len(lengths), info.d_model)
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()
         ids = batch.input_ids[rows, :length]
         cache = cached_prefix(info, ids[:, :-1])
+        # every setting in one last-token step: row r * n_settings + i is prompt r under setting i,
+        # with its own last-row mask in each layer (all False where setting i leaves the layer alone)
+        masks: dict = {}
         for i, (layers, blocked) in enumerate(settings):
-            chosen = _check_layers(info, layers) if blocked is not None else ()
-            mask = None if blocked is None else blocked[rows, length - 1 : length, :length]  # the last row only
-            with _knock_out_rows(info, {layer: mask for layer in chosen}):
-                hidden = replay(info, cache, ids[:, -1:], positional_ok=True)  # the mask's rows are the last positions
-            out[i, rows] = hidden[:, -1].float().cpu()
+            if blocked is None:
+                continue
+            for layer in _check_layers(info, layers):
+                if layer not in masks:
+                    masks[layer] = torch.zeros(len(rows), n_settings, 1, length, dtype=torch.bool)
+                masks[layer][:, i] = blocked[rows, length - 1 : length, :length]
+        masks = {layer: m.flatten(0, 1) for layer, m in masks.items()}
+        with _knock_out_rows(info, masks):
+            hidden = replay(info, cache, ids[:, -1:].repeat_interleave(n_settings, 0), repeat=n_settings, reuse=False,
+                            positional_ok=True)  # the masks' rows are the last positions
+        out[:, rows] = hidden[:, -1].float().cpu().view(len(rows), n_settings, -1).transpose(0, 1)
     return out
