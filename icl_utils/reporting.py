@@ -93,8 +93,7 @@ class GradedClaim:
         interval = "" if self.low is None else f"[{self.low:+.3f}, {self.high:+.3f}]"
         settle = ""
         if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None:
-            settle = (f"detectable effect {self.mde:.3f}; " + (f"~{self.units_needed} {self.spec.unit}s would settle it"
-                      if self.units_needed else "the estimate sits on the smallest effect that counts"))
+            settle = f"detectable effect {self.mde:.3f}; ~{self.units_needed} {self.spec.unit}s would settle it"
         return {
             "claim": self.spec.claim, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
             "estimate": self.estimate, "interval": interval, "smallest effect": self.spec.smallest_effect,

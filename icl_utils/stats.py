@@ -133,13 +133,13 @@ def minimum_detectable_effect(se: float, confidence: float = CONFIDENCE, power: 
     return (_z(1 - (1 - confidence) / 2) + _z(power)) * se
 
 
-def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int | None:
+def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int:
     """Units at which an interval around the same estimate would settle a claim: exclude 0 when the
-    estimated `effect` (in the claim's direction) reaches `threshold`, else exclude `threshold` from
-    above. None when the estimate sits exactly on the threshold (no sample size settles it)."""
+    estimated `effect` (in the claim's direction) reaches `threshold` (> 0), else exclude `threshold`
+    from above."""
+    if threshold <= 0:
+        raise ValueError("threshold (the smallest effect that counts) must be positive")
     gap = effect if effect >= threshold else threshold - effect
-    if gap <= 0:
-        return None
     half_width = _z(1 - (1 - confidence) / 2) * se
     return max(n_units + 1, math.ceil(n_units * (half_width / gap) ** 2))
 
