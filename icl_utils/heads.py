@@ -148,27 +148,39 @@ def _heads_file() -> Path:
     return reporting.RESULTS_DIR / "in_context_heads.json"
 
 
+def _saved_rankings(path: Path) -> dict:
+    """{"model|task": entry} from the heads file (one entry per model and task)."""
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if "ranking" in saved:  # a file written before rankings were kept per model and task
+        return {f"{saved['model']}|{saved['task']}": saved}
+    return saved.get("rankings", {})
+
+
 def save_in_context_heads(info: ModelInfo, task_name: str, ranking: HeadRanking, settings: dict) -> Path:
-    """Save chapter 3's ranking as the book's in-context heads, for the chapters after it."""
+    """Save a ranking as the book's in-context heads for this model and task (chapter 3 saves the
+    main task's; rankings of other models and tasks in the file are kept)."""
     path = _heads_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": info.name, "task": task_name, "settings": settings,
-                                "ranking": ranking.to_json()}, indent=1))
+    rankings = _saved_rankings(path)
+    rankings[f"{info.name}|{task_name}"] = {"model": info.name, "task": task_name, "settings": settings,
+                                           "ranking": ranking.to_json()}
+    path.write_text(json.dumps({"rankings": rankings}, indent=1))
     return path
 
 
 def find_in_context_heads(info: ModelInfo, task, n_prompts: int = 32, demos_per_class: int = 8, seed: int = 0,
                           batch_size: int = 8, progress: bool = True) -> HeadRanking:
-    """The book's in-context heads for `task` (a Task): chapter 3's saved ranking when it was made
-    for this model and task (results/in_context_heads.json), else a ranking made here the same way,
+    """The book's in-context heads for `task` (a Task): the saved ranking for this model and task
+    (results/in_context_heads.json; chapter 3 writes the main task's), else a ranking made here the same way,
     on foo/bar prompts from the task's *selection* pool (never the evaluation pool), which is
     then saved for later chapters. Which of the two happened is printed."""
     path = _heads_file()
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("model") == info.name and saved.get("task") == task.name:
-            print(f"in-context heads: chapter 3's ranking ({path.name}: {saved['settings']})")
-            return HeadRanking.from_json(saved["ranking"])
+    saved = _saved_rankings(path).get(f"{info.name}|{task.name}")
+    if saved is not None:
+        print(f"in-context heads for {task.name}: saved ranking ({path.name}: {saved['settings']})")
+        return HeadRanking.from_json(saved["ranking"])
     print(f"in-context heads: no saved ranking for {info.name} on {task.name}; ranking {n_prompts} selection-pool "
           f"prompts now (chapter 3 saves the book's ranking)")
     prompts = build_prompts(task, n_prompts, demos_per_class=demos_per_class, seed=seed, pool="selection")

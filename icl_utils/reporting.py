@@ -87,6 +87,7 @@ class GradedClaim:
     units_needed: int | None = None  # units at which an interval around this estimate would settle the claim
     precondition_met: bool | None = None
     reason: str = ""  # why not testable / why it differs
+    task: str = ""  # the data set, when a claim is graded on several (see per_task_table)
 
     def row(self) -> dict:
         """One flat row for tables and the results file."""
@@ -95,7 +96,7 @@ class GradedClaim:
         if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None:
             settle = f"detectable effect {self.mde:.3f}; ~{self.units_needed} {self.spec.unit}s would settle it"
         return {
-            "claim": self.spec.claim, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
+            "claim": self.spec.claim, "task": self.task, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
             "estimate": self.estimate, "interval": interval, "smallest effect": self.spec.smallest_effect,
             "direction": self.spec.direction, "n units": self.n_units, "unit": self.spec.unit,
             "verdict": self.verdict.value, "settle": settle or self.reason, "graded": True,
@@ -103,14 +104,15 @@ class GradedClaim:
 
 
 def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_met: bool = True,
-          differs: str = "", reason: str = "") -> GradedClaim:
+          differs: str = "", reason: str = "", task: str = "") -> GradedClaim:
     """The verdict of `spec` given the estimate's `interval` (None when it could not be measured).
 
     precondition_met: whether the declared precondition holds in this run (its own interval
     decides it, e.g. clean accuracy's lower bound above chance). differs: a structural reason the
     book's setting is unlike the paper's; it overrides the statistics but the numbers are kept.
+    task: the data set this grade is for, when the claim is graded on several.
     """
-    graded = GradedClaim(spec, Verdict.NOT_TESTABLE, book, precondition_met=precondition_met)
+    graded = GradedClaim(spec, Verdict.NOT_TESTABLE, book, precondition_met=precondition_met, task=task)
     if interval is not None:
         graded.estimate, graded.low, graded.high, graded.n_units = (interval.estimate, interval.low, interval.high,
                                                                       interval.n_units)
@@ -155,7 +157,7 @@ class Claim:
         return {**asdict(self), "graded": False}
 
 
-TABLE_COLUMNS = ["claim", "paper", "book", "estimate", "interval", "smallest effect", "verdict", "settle"]
+TABLE_COLUMNS = ["claim", "task", "paper", "book", "estimate", "interval", "smallest effect", "verdict", "settle"]
 
 
 def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
@@ -165,6 +167,21 @@ def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
 
     table = pd.DataFrame([c.row() for c in claims])
     return table if columns is None else table.reindex(columns=[c for c in columns if c in table.columns])
+
+
+def per_task_table(graded: list):
+    """Graded claims of several tasks side by side: one row per claim, per task its estimate,
+    interval and verdict (the paper reports five data sets; the book shows each beside the others)."""
+    import pandas as pd
+
+    rows = [{"claim": g.spec.claim, "task": g.task or "(main)", "estimate": g.estimate,
+             "interval": g.row()["interval"], "verdict": g.verdict.value} for g in graded]
+    table = pd.DataFrame(rows)
+    tasks = list(dict.fromkeys(table["task"]))
+    wide = table.pivot(index="claim", columns="task", values=["estimate", "interval", "verdict"])
+    wide = wide.reorder_levels([1, 0], axis=1).reindex(columns=pd.MultiIndex.from_product(
+        [tasks, ["estimate", "interval", "verdict"]]))
+    return wide.reindex(list(dict.fromkeys(table["claim"])))
 
 
 def save_results(chapter: str, results: dict, claims: list = ()) -> Path:

@@ -69,6 +69,20 @@ def test_find_in_context_heads_ranks_on_the_selection_pool_and_refuses_leaks(inf
         ranking.check_held_out(build_prompts(task, 4, demos_per_class=1, pool="selection"))
 
 
+def test_saved_rankings_of_two_tasks_do_not_overwrite_each_other(info, task, tmp_path, monkeypatch):
+    import dataclasses
+
+    import icl_utils.reporting as reporting
+
+    monkeypatch.setattr(reporting, "RESULTS_DIR", tmp_path)
+    first = H.find_in_context_heads(info, task, n_prompts=4, demos_per_class=1, progress=False)
+    other_task = dataclasses.replace(task, name=task.name + "_other")
+    second = H.find_in_context_heads(info, other_task, n_prompts=4, demos_per_class=1, seed=1, progress=False)
+    assert second.queries != first.queries
+    again = H.find_in_context_heads(info, task, n_prompts=4, demos_per_class=1, progress=False)
+    assert again.queries == first.queries  # the first task's ranking survived the second's save
+
+
 def test_rank_heads_on_no_prompts_says_what_to_do(info):
     with pytest.raises(ValueError, match="selection"):
         H.rank_heads(info, [], progress=False)

@@ -88,3 +88,13 @@ def test_save_then_load_round_trips(results_dir):
 def test_load_results_of_a_chapter_that_never_ran_says_what_to_do(results_dir):
     with pytest.raises(FileNotFoundError, match="run chapter 08_missing first"):
         load_results("08_missing")
+
+
+def test_per_task_table_puts_each_task_beside_the_others():
+    graded = [grade(SPEC, interval(0.30, 0.20, 0.40), "a", task="words"),
+              grade(SPEC, interval(0.02, -0.03, 0.07), "b", task="sentences")]
+    table = reporting.per_task_table(graded)
+    assert list(table.index) == [SPEC.claim]
+    assert table.loc[SPEC.claim, ("words", "verdict")] == "reproduced"
+    assert table.loc[SPEC.claim, ("sentences", "verdict")] == "contradicted"
+    assert graded[1].row()["task"] == "sentences"
