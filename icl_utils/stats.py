@@ -166,3 +166,19 @@ def auc(positive, negative) -> float:
     if len(positive) == 0 or len(negative) == 0:
         return float("nan")
     return float(_st.mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
+
+
+def nearest_matches(targets, candidates) -> np.ndarray:
+    """For each target value, the index of the candidate with the nearest value, each candidate used
+    at most once (greedy, targets taken from the largest down): a matched control set, e.g.
+    non-label positions with attention like the label positions'. Needs len(candidates) >= len(targets)."""
+    targets, candidates = _as_array(targets).ravel(), _as_array(candidates).ravel()
+    if len(candidates) < len(targets):
+        raise ValueError(f"{len(targets)} targets but only {len(candidates)} candidates to match them with")
+    free = np.ones(len(candidates), dtype=bool)
+    matches = np.empty(len(targets), dtype=int)
+    for i in np.argsort(-targets, kind="stable"):
+        distance = np.where(free, np.abs(candidates - targets[i]), np.inf)
+        matches[i] = int(np.argmin(distance))
+        free[matches[i]] = False
+    return matches

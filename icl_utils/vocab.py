@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .attribution import frozen_norm, norm_bias
+from .attribution import frozen_norm, head_position_contributions, norm_bias
 from .models import ModelInfo
 
 
@@ -44,3 +44,19 @@ def label_log_odds(info: ModelInfo, vectors: torch.Tensor, word_ids, frozen_at: 
         z = z + bias.detach().float()[list(word_ids)]
     z = info.softcap(z)
     return (z[..., 0] - z[..., 1]).cpu()
+
+
+@torch.no_grad()
+def value_output_log_odds(info: ModelInfo, trace, word_ids, layers=None, weighted: bool = True) -> torch.Tensor:
+    """M_p = log p(w0 | vo_p) - log p(w1 | vo_p) for every head's value-output vector at every source
+    position, written to the last position: (batch, n_layers chosen, n_heads, seq).
+
+    vo_p = alpha_{T,p} W_O W_V LN(x_p) (weighted=False leaves out alpha), from
+    attribution.head_position_contributions; read through the final norm frozen at each prompt's
+    real final residual, so M_p is linear in vo_p and sums over p to the head's direct effect on
+    the w0-w1 log-odds. The trace needs "resid", "attn", "qkv" and "attn_out" for `layers`.
+    """
+    layers = range(info.n_layers) if layers is None else layers
+    final = trace.final_resid[:, 0][:, None, None]  # (batch, 1, 1, d_model)
+    return torch.stack([label_log_odds(info, head_position_contributions(info, trace, layer, weighted=weighted),
+                                       word_ids, frozen_at=final) for layer in layers], dim=1)

@@ -90,3 +90,14 @@ def test_units_to_settle_an_inconclusive_estimate():
     assert units_to_settle(0.1, 8, 0.15, 0.10) == math.ceil(8 * (z * 0.1 / 0.15) ** 2)
     assert units_to_settle(0.1, 8, 0.10, 0.10) == math.ceil(8 * (z * 0.1 / 0.10) ** 2)
     assert units_to_settle(0.01, 8, 0.5, 0.10) == 9  # always more than now
+
+
+def test_nearest_matches_pairs_each_target_with_its_nearest_free_candidate():
+    from icl_utils.stats import nearest_matches
+
+    m = nearest_matches([0.5, 0.1], [0.09, 0.52, 0.49, 0.3])
+    assert list(m) == [2, 0]
+    m = nearest_matches([0.5, 0.5], [0.49, 0.52, 0.0])  # the second 0.5 takes the next nearest, not the same one
+    assert sorted(m) == [0, 1]
+    with pytest.raises(ValueError, match="candidates"):
+        nearest_matches([0.1, 0.2], [0.1])

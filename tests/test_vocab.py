@@ -1,6 +1,7 @@
 """Vocabulary projections of single vectors (icl_utils.vocab) on tiny models."""
 import torch
 
+import icl_utils
 from icl_utils import vocab
 
 
@@ -42,3 +43,23 @@ def test_frozen_log_odds_at_the_final_residual_read_the_models_own_logits(info, 
     expected = logits[:, 4] - logits[:, 9]
     got = vocab.label_log_odds(info, trace_final, [4, 9], frozen_at=trace_final)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_value_output_log_odds_sum_over_positions_to_each_heads_direct_log_odds(info, batch):
+    """M_p is linear in vo_p, so summed over source positions it is the head's whole write at the last
+    position read the same way; weighted=False drops alpha (padding positions have alpha = 0)."""
+    from icl_utils.attribution import head_contributions
+
+    trace = icl_utils.run_with_trace(info, batch, record=("resid", "attn", "qkv", "attn_out", "head_out"))
+    m = vocab.value_output_log_odds(info, trace, [4, 9])
+    assert m.shape == (len(batch.input_ids), info.n_layers, info.n_heads, batch.input_ids.shape[1])
+    final = trace.final_resid[:, 0]
+    for layer in (0, info.n_layers - 1):
+        whole = head_contributions(info, trace, layer)[:, 0]  # (batch, heads, d_model) at the last position
+        bias = vocab.label_log_odds(info, torch.zeros_like(whole), [4, 9], frozen_at=final[:, None])
+        expected = vocab.label_log_odds(info, whole, [4, 9], frozen_at=final[:, None]) - bias
+        got = m[:, layer].sum(-1) - bias * m.shape[-1]  # a final-norm bias is added once per term
+        if getattr(info.model.config, "final_logit_softcapping", None) is None:
+            torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    unweighted = vocab.value_output_log_odds(info, trace, [4, 9], layers=[0], weighted=False)
+    assert not torch.allclose(unweighted[:, 0], m[:, 0])
