@@ -356,7 +356,8 @@ def random_mean(values, groups):
     return np.mean([mean_over(values, heads) for heads in groups["random"]], axis=0)
 
 
-clean = iu.score_calibrated(info, prompts, calibration, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
+clean = iu.score_calibrated(info, prompts, calibration, batch_size=BATCH_SIZE, progress=False,
+                            share_prefix=True, normaliser=False)
 main = measure(prompts, head_groups, "value-output vectors")
 print(f"clean model on {len(prompts)} evaluation prompts: calibrated accuracy {clean.accuracy('prior'):.3f}, "
       f"raw {clean.accuracy():.3f}, AUC {clean.auc():.3f}")
@@ -471,7 +472,8 @@ plt.show()
 swapped, swapped_calibration = iu.design_prompts(task, N_GROUPS, QUERIES_PER_GROUP, DEMOS_PER_CLASS,
                                                  label_words=(bar_word, foo_word), pool="evaluation",
                                                  calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED + 1)
-swap_clean = iu.score_calibrated(info, swapped, swapped_calibration, batch_size=BATCH_SIZE, progress=False, share_prefix=True)
+swap_clean = iu.score_calibrated(info, swapped, swapped_calibration, batch_size=BATCH_SIZE, progress=False,
+                            share_prefix=True, normaliser=False)
 swap = measure(swapped, head_groups, "label-swapped prompts")
 others = {}
 for name in OTHER_TASKS:
@@ -484,7 +486,7 @@ for name in OTHER_TASKS:
     other_groups = head_groups_for(other_ranking, SEED)
     others[name] = {"groups": other_groups, "data": measure(other_prompts, other_groups, name),
                     "clean": iu.score_calibrated(info, other_prompts, other_calibration, batch_size=BATCH_SIZE,
-                                                 progress=False, share_prefix=True)}
+                                                 progress=False, share_prefix=True, normaliser=False)}
     print(f"{name}: top heads {other_groups['in-context (top S)']}; clean calibrated accuracy "
           f"{others[name]['clean'].accuracy('prior'):.3f}")
 

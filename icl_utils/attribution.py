@@ -278,12 +278,14 @@ def neuron_screen(info: ModelInfo, trace: Trace, targets: torch.Tensor, position
 
 @torch.no_grad()
 def head_position_contributions(info: ModelInfo, trace: Trace, layer: int, position: int = 0,
-                                weighted: bool = True) -> torch.Tensor:
+                                weighted: bool = True, attn_out_at: torch.Tensor | None = None) -> torch.Tensor:
     """Each head's write at recorded position `position`, split by source position p: (batch, n_heads, seq, d_model).
 
     alpha_{T,p} W_O^h v_p, through the layer's post-attention norm (frozen at the real attention
     output, as in head_contributions), so the sum over p is head_contributions(...)[:, position].
     weighted=False leaves out alpha: what the head would write from p if it attended only there.
+    attn_out_at: one attention-output vector (d_model,) to freeze the post-attention norm at for
+    every prompt, instead of each prompt's own (that scale depends on the query).
     Needs a trace with "attn" and "qkv" (values are recorded at every position, one per query head).
     """
     alpha = trace.attn[layer][:, :, position]  # (batch, heads, seq)
@@ -293,7 +295,8 @@ def head_position_contributions(info: ModelInfo, trace: Trace, layer: int, posit
     norm = info.attn_out_norms[layer]
     if norm is None:
         return terms
-    return frozen_norm(norm, trace.attn_out[layer][:, position][:, None, None].float())(terms)
+    at = trace.attn_out[layer][:, position][:, None, None] if attn_out_at is None else attn_out_at
+    return frozen_norm(norm, at.float())(terms)
 
 
 @torch.no_grad()

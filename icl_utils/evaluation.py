@@ -140,6 +140,7 @@ class ICLScores:
         return out
 
 
+@torch.no_grad()  # scores are read, never differentiated
 def scores_from_hidden(info: ModelInfo, hidden: torch.Tensor, prompts: list, normaliser: bool = False) -> ICLScores:
     """ICLScores from final-normed hidden states at each prompt's last position (n_prompts, d_model):
     only the label words are unembedded, unless `normaliser` (log-sum-exp over the vocabulary)."""

@@ -47,7 +47,8 @@ def label_log_odds(info: ModelInfo, vectors: torch.Tensor, word_ids, frozen_at: 
 
 
 @torch.no_grad()
-def value_output_log_odds(info: ModelInfo, trace, word_ids, layers=None, weighted: bool = True) -> torch.Tensor:
+def value_output_log_odds(info: ModelInfo, trace, word_ids, layers=None, weighted: bool = True,
+                          frozen_at: torch.Tensor | None = None, attn_out_at: dict | None = None) -> torch.Tensor:
     """M_p = log p(w0 | vo_p) - log p(w1 | vo_p) for every head's value-output vector at every source
     position, written to the last position: (batch, n_layers chosen, n_heads, seq).
 
@@ -55,8 +56,14 @@ def value_output_log_odds(info: ModelInfo, trace, word_ids, layers=None, weighte
     attribution.head_position_contributions; read through the final norm frozen at each prompt's
     real final residual, so M_p is linear in vo_p and sums over p to the head's direct effect on
     the w0-w1 log-odds. The trace needs "resid", "attn", "qkv" and "attn_out" for `layers`.
+    frozen_at: one residual vector (d_model,) to freeze the norm at instead, for every prompt: then
+    M_p depends on vo_p alone, not on the prompt's final scale (to compare vectors across prompts).
+    attn_out_at: {layer: vector} the same for the post-attention norm of models that have one (its
+    scale at the last position also depends on the query).
     """
     layers = range(info.n_layers) if layers is None else layers
-    final = trace.final_resid[:, 0][:, None, None]  # (batch, 1, 1, d_model)
-    return torch.stack([label_log_odds(info, head_position_contributions(info, trace, layer, weighted=weighted),
+    final = trace.final_resid[:, 0][:, None, None] if frozen_at is None else frozen_at  # (batch, 1, 1, d_model)
+    attn_out_at = attn_out_at or {}
+    return torch.stack([label_log_odds(info, head_position_contributions(info, trace, layer, weighted=weighted,
+                                                                         attn_out_at=attn_out_at.get(layer)),
                                        word_ids, frozen_at=final) for layer in layers], dim=1)

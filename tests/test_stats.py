@@ -101,3 +101,15 @@ def test_nearest_matches_pairs_each_target_with_its_nearest_free_candidate():
     assert sorted(m) == [0, 1]
     with pytest.raises(ValueError, match="candidates"):
         nearest_matches([0.1, 0.2], [0.1])
+
+
+def test_grouped_auc_matches_auc_group_by_group():
+    from icl_utils.stats import grouped_auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(5, 8)).round(1)  # rounding makes ties
+    positive = np.array([[True] * 4 + [False] * 4] * 5)
+    positive = np.stack([rng.permutation(p) for p in positive])
+    expected = [auc(s[p], s[~p]) for s, p in zip(scores, positive)]
+    np.testing.assert_allclose(grouped_auc(scores, positive), expected)
+    assert np.isnan(grouped_auc(scores[:1], np.ones((1, 8), bool)))[0]  # no negatives: undefined, not 0

@@ -63,3 +63,17 @@ def test_value_output_log_odds_sum_over_positions_to_each_heads_direct_log_odds(
             torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
     unweighted = vocab.value_output_log_odds(info, trace, [4, 9], layers=[0], weighted=False)
     assert not torch.allclose(unweighted[:, 0], m[:, 0])
+
+
+def test_value_output_log_odds_at_fixed_scales_depend_on_the_vector_alone(info, batch):
+    """With both norms frozen at one reference, a prompt's M_p no longer depends on its own final or
+    attention-output scale: scaling those references by c scales M by 1/c (RMS norms)."""
+    trace = icl_utils.run_with_trace(info, batch, record=("resid", "attn", "qkv", "attn_out"))
+    ref = trace.final_resid[:, 0].mean(0)
+    refs = {layer: x[:, 0].mean(0) for layer, x in trace.attn_out.items()}
+    fixed = vocab.value_output_log_odds(info, trace, [4, 9], weighted=False, frozen_at=ref, attn_out_at=refs)
+    own = vocab.value_output_log_odds(info, trace, [4, 9], weighted=False)
+    assert not torch.allclose(fixed, own)
+    if getattr(info.final_norm, "bias", None) is None and getattr(info.model.config, "final_logit_softcapping", None) is None:
+        doubled = vocab.value_output_log_odds(info, trace, [4, 9], weighted=False, frozen_at=2 * ref, attn_out_at=refs)
+        torch.testing.assert_close(doubled, fixed / 2, atol=1e-4, rtol=1e-3)
