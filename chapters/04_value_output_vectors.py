@@ -109,7 +109,7 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.attribution import head_position_contributions
-from icl_utils.evaluation import batches
+from icl_utils.evaluation import batches_by_demonstrations
 from icl_utils.heads import find_in_context_heads, top_heads
 from icl_utils.prompts import demo_set_ids
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, grade, per_task_table,
@@ -207,8 +207,9 @@ word_ids = iu.label_token_ids(info.tokenizer, [foo_word, bar_word])
 
 
 def trace_batch(chunk):
+    """One traced pass; prompts that share their demonstrations run them once (share_prefix)."""
     batch = iu.encode_prompts(info, chunk)
-    return batch, iu.run_with_trace(info, batch, record=RECORD)
+    return batch, iu.run_with_trace(info, batch, record=RECORD, share_prefix=True)
 
 
 batch, trace = trace_batch(prompts[:1])
@@ -310,7 +311,11 @@ def measure(prompts, groups, desc):
     top = groups["in-context (top S)"]
     out = {key: [] for key in ("foo_w", "bar_w", "foo_u", "bar_u", "wins", "label_abs", "matched_abs",
                                "label_attn", "matched_attn", "other_w")}
-    for chunk in tqdm(list(batches(prompts, BATCH_SIZE)), desc=desc):
+    order = batches_by_demonstrations(prompts, BATCH_SIZE)
+    if [i for idx in order for i in idx] != list(range(len(prompts))):
+        raise ValueError("measure() needs the prompts of each demonstration set next to each other (design_prompts order)")
+    for idx in tqdm(order, desc=desc):
+        chunk = [prompts[i] for i in idx]
         batch, trace = trace_batch(chunk)
         m_w = value_output_log_odds(info, trace, word_ids)  # (batch, layers, heads, seq)
         m_u = value_output_log_odds(info, trace, word_ids, weighted=False)
@@ -419,7 +424,7 @@ print(f"the naive check: |M| averaged over all other positions {main['other_w'].
 # foo-like tokens at foo positions and bar-like tokens at bar positions.
 
 # %%
-batch, trace = trace_batch(prompts[:BATCH_SIZE])
+batch, trace = trace_batch(prompts[:QUERIES_PER_GROUP])  # one demonstration set
 layer, head = head_groups["in-context (top S)"][0]
 unweighted = head_position_contributions(info, trace, layer, weighted=False)[:, head]  # (batch, seq, d)
 position_order = [f"{foo_word} positions", f"{bar_word} positions", "other positions"]

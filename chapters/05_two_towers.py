@@ -102,7 +102,7 @@ import torch
 from tqdm.auto import tqdm
 
 import icl_utils as iu
-from icl_utils.evaluation import batches, scores_from_hidden
+from icl_utils.evaluation import batches_by_demonstrations, scores_from_hidden
 from icl_utils.heads import find_in_context_heads
 from icl_utils.prompts import demo_set_ids, render_prompt
 from icl_utils.qk import attention_logits, capture_rotary, replace_query, unrotate
@@ -229,10 +229,14 @@ def collect(prompt_list, heads, desc="traced passes"):
     """Per prompt and head: attention, scores (rotated and not), q, k and M (no alpha) at label
     positions; and the prompts' ICLScores, read from the same pass (the final residual)."""
     out, hidden, layers = [], [], sorted({l for l, _ in heads})
-    for chunk in tqdm(list(batches(prompt_list, BATCH_SIZE)), desc=desc, leave=False):
+    order = batches_by_demonstrations(prompt_list, BATCH_SIZE)
+    if [i for idx in order for i in idx] != list(range(len(prompt_list))):
+        raise ValueError("collect() needs the prompts of each demonstration set next to each other (design_prompts order)")
+    for idx in tqdm(order, desc=desc, leave=False):
+        chunk = [prompt_list[i] for i in idx]
         batch = iu.encode_prompts(info, chunk)
-        with capture_rotary(info) as rotary:
-            trace = iu.run_with_trace(info, batch, layers=layers, record=RECORD)
+        with capture_rotary(info) as rotary:  # each demonstration set runs once; its queries are replayed
+            trace = iu.run_with_trace(info, batch, layers=layers, record=RECORD, share_prefix=True)
         hidden.append(info.final_norm(trace.final_resid[:, 0].to(info.device)).detach().float().cpu())
         words = [foo_word, bar_word]
         m_u = value_output_log_odds(info, trace, iu.label_token_ids(info.tokenizer, words), layers=layers, weighted=False,

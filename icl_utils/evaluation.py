@@ -280,6 +280,13 @@ def last_position_hidden_shared_prefix(info: ModelInfo, batch) -> torch.Tensor:
     return hidden[rows.to(hidden.device), (batch.last_positions - shared).to(hidden.device)]
 
 
+def batches_by_demonstrations(prompts: list, batch_size: int) -> list:
+    """Lists of prompt indices, at most batch_size each, every list sharing its demonstrations (the
+    batches run_with_trace(..., share_prefix=True) and score_prompts(..., share_prefix=True) want).
+    Prompts built in demonstration sets (build_prompt_groups, design_prompts) keep their order."""
+    return _prefix_groups(prompts, batch_size)
+
+
 def _prefix_groups(prompts: list, batch_size: int) -> list:
     """Batches of at most batch_size prompts that share their demonstrations (same text before the query)."""
     groups: dict = {}

@@ -39,14 +39,25 @@ def qk_scores(info: ModelInfo, trace: Trace, layer: int, position: int = 0) -> t
 def capture_rotary(info: ModelInfo):
     """Record the rotary (cos, sin) each attention module receives: yields {layer: (cos, sin)},
     each (batch, seq, d_rot). Empty for models without rotary embeddings passed to attention
-    (e.g. GPT-2's learned positions)."""
+    (e.g. GPT-2's learned positions). A pass that continues a cached prefix (its cache_position
+    does not start at 0, e.g. run_with_trace(share_prefix=True)) is appended to the prefix's, so
+    positions index the whole sequence."""
     found: dict = {}
 
     def make_hook(layer):
         def hook(module, args, kwargs):
             pe = kwargs.get("position_embeddings")
-            if pe is not None:
-                found[layer] = (pe[0].detach().float().cpu(), pe[1].detach().float().cpu())
+            if pe is None:
+                return
+            cos, sin = pe[0].detach().float().cpu(), pe[1].detach().float().cpu()
+            start = kwargs.get("cache_position")
+            if start is not None and int(start[0]) > 0 and layer in found:
+                old_cos, old_sin = found[layer]
+                if old_cos.shape[-2] == int(start[0]):  # the continuation of the recorded prefix
+                    batch = max(old_cos.shape[0], cos.shape[0])
+                    cos = torch.cat([old_cos.expand(batch, -1, -1), cos.expand(batch, -1, -1)], dim=-2)
+                    sin = torch.cat([old_sin.expand(batch, -1, -1), sin.expand(batch, -1, -1)], dim=-2)
+            found[layer] = (cos, sin)
         return hook
 
     with ExitStack() as stack:

@@ -214,6 +214,7 @@ def run_with_trace(
     positions: torch.Tensor | None = None,
     layers=None,
     record=("resid", "head_out", "attn_out", "attn", "qkv", "logits"),
+    share_prefix: bool = False,
 ) -> Trace:
     """One forward pass of a right-padded batch, recording `record` at `positions` (batch, n_pos).
 
@@ -221,6 +222,10 @@ def run_with_trace(
     input ids (batch, seq), with `attention_mask` and `positions`. layers: which layers to record
     (default all). Queries/attention are kept only at `positions`; keys and values at every
     position, since a score needs the query and all keys. The hooks are a table (_RECORDINGS).
+    share_prefix: the tokens all rows share (the same demonstrations) run once, unrecorded, and
+    each row's own tokens are replayed over their cached keys and values with the hooks on: the
+    same trace, several times cheaper for prompts that differ only in the query. Every recorded
+    position must lie after the shared part.
     """
     _check_recording(info)
     if hasattr(batch, "input_ids"):
@@ -258,6 +263,20 @@ def run_with_trace(
             trace.k[layer], trace.v[layer] = key.cpu(), value.cpu()
 
     wanted = set(layers)
+    shared, cache = 0, None
+    if share_prefix and input_ids.shape[0] > 1:
+        same = (input_ids == input_ids[:1]).long().cumprod(1).sum(1)
+        shared = int(torch.minimum(same, positions.min(1).values).min())  # recorded positions stay in the replay
+    if shared:
+        from transformers import DynamicCache
+
+        if positional_interventions_active(info):
+            raise RuntimeError("run_with_trace(share_prefix=True) cannot be combined with an intervention at chosen "
+                               "positions: run it with share_prefix=False.")
+        cache = DynamicCache()
+        info.decoder(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True)  # before any hook
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        positions = positions - shared  # where the recorded positions sit in the replayed tokens
     with ExitStack() as stack:
         specs = [(name, layer) for name in _RECORDINGS if name in record for layer in layers]
         if "resid" in record:  # the residual stream leaving the last layer: that layer's output
@@ -276,7 +295,11 @@ def run_with_trace(
             stack.callback(handle.remove)
         if "attn" in record or "qkv" in record:
             stack.enter_context(_registered(interventions(info).recorders, record_attention))
-        out = info.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if cache is None:
+            out = info.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        else:
+            out = info.decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache,
+                               use_cache=True)
     if "logits" in record:
         final = _gather_positions(out.last_hidden_state, positions)
         trace.logits = info.logits_from_final_hidden(final).float().cpu()

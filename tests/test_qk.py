@@ -68,3 +68,18 @@ def test_replacing_a_query_with_its_own_changes_nothing_and_another_changes_that
     assert torch.all(changed[torch.arange(info.n_heads) != head] < 1e-6)
     rows = swapped.attn[layer][:, head, 0].sum(-1)
     torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_captured_over_a_shared_prefix_covers_the_whole_sequence(info, task):
+    group = iu.build_prompt_groups(task, 1, 4, demos_per_class=2, seed=0)[0]
+    batch = iu.encode_prompts(info, group)
+    with qk.capture_rotary(info) as full:
+        iu.run_with_trace(info, batch, record=("qkv",))
+    with qk.capture_rotary(info) as shared:
+        iu.run_with_trace(info, batch, record=("qkv",), share_prefix=True)
+    assert set(full) == set(shared)
+    for layer, (cos, sin) in full.items():
+        got_cos, got_sin = shared[layer]
+        assert got_cos.shape[-2] == cos.shape[-2]
+        torch.testing.assert_close(got_cos.expand_as(cos.expand(got_cos.shape[0], -1, -1)), cos.expand(got_cos.shape[0], -1, -1))
+        torch.testing.assert_close(got_sin[0], sin[0])

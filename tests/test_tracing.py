@@ -210,3 +210,27 @@ def test_run_with_trace_refuses_model_without_recording_attention(bundles, token
     batch = icl_utils.encode_prompts(info, prompts[:2])
     with pytest.raises(RuntimeError, match="use_recording_attention"):
         run_with_trace(info, batch)
+
+
+def test_a_trace_over_a_shared_prefix_equals_the_full_trace(info, task):
+    """Prompts that share their demonstrations: the shared tokens run once, the queries are replayed
+    with the hooks on, and every recording (attention rows, keys and values at every position,
+    residual streams, attention outputs, logits) is the one of the full pass."""
+    group = icl_utils.build_prompt_groups(task, 1, 4, demos_per_class=2, seed=0)[0]
+    batch = icl_utils.encode_prompts(info, group)
+    record = ("resid", "attn_out", "head_out", "attn", "qkv", "logits")
+    full = icl_utils.run_with_trace(info, batch, record=record)
+    shared = icl_utils.run_with_trace(info, batch, record=record, share_prefix=True)
+    torch.testing.assert_close(shared.positions, full.positions)
+    for name in ("resid", "attn_out", "head_out", "attn", "q", "k", "v"):
+        for layer, value in getattr(full, name).items():
+            got = getattr(shared, name)[layer]
+            if name == "attn":  # a replay sees the same keys; compare the real (unpadded) part of each row
+                for row, length in enumerate(batch.attention_mask.sum(1).tolist()):
+                    torch.testing.assert_close(got[row, ..., :length], value[row, ..., :length], atol=1e-5, rtol=1e-4)
+            elif name in ("k", "v"):
+                for row, length in enumerate(batch.attention_mask.sum(1).tolist()):
+                    torch.testing.assert_close(got[row, :, :length], value[row, :, :length], atol=1e-5, rtol=1e-4)
+            else:
+                torch.testing.assert_close(got, value, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared.logits, full.logits, atol=1e-4, rtol=1e-4)
