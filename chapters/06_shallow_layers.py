@@ -20,27 +20,37 @@
 # *query* side reads the last position, so it must carry the input's. Their claim is that
 # **shallow layers** do this moving: demonstration features flow into label positions, and the
 # input's features into the last position. {cite:t}`wang2023label` ("label words are anchors") made
-# the same claim for GPT2-XL and GPT-J and tested it causally: cutting the label words off from their
-# demonstrations in the first layers changed the predictions far more than doing so in the last
-# layers.
+# the same claim for GPT2-XL and GPT-J and tested it causally: cutting the label words off from
+# the text before them in the first 5 layers changed the predictions far more than doing so in the
+# last 5 layers.
 #
-# **Method.** Two experiments on the same foo/bar prompts.
+# **Method.** Two experiments on foo/bar prompts built in demonstration sets (8 sets of 8
+# demonstrations per class, each with 16 queries of its own from the task's evaluation pool: 128
+# prompts, all the evaluation pool holds); every interval resamples whole demonstration sets.
 #
-# 1. **Attention knock-out** (`icl_utils.knockout.knock_out`). In chosen layers, every head's
-#    attention from chosen positions to chosen keys is set to zero and the row renormalised, which is
-#    exactly a score of $-\infty$ before the softmax. Two paths:
+# 1. **Attention knock-out** (`icl_utils.knockout.knock_out`). In a window of consecutive layers,
+#    every head's attention from chosen positions to chosen keys is set to zero and the row
+#    renormalised, which is exactly a score of $-\infty$ before the softmax. Two paths:
 #    * **demonstration → label**: each label position cannot see its own demonstration's input
 #      tokens (`label_demo_pairs`);
 #    * **query → last**: the last position cannot see the query's input tokens (`last_query_pairs`).
 #
-#    We knock out the **first k** layers and, as the contrast the claim implies, the **last k**
-#    layers, for several k. The input tokens are not the only route: "\nLabel:" sits between an input
-#    and its label and may carry the input onwards, so we also block the **whole text** of the
-#    demonstration (or of the query) before its label (Wang et al.'s isolation, restricted to its own
-#    demonstration). **Control**: block as many *random* other earlier positions (`random_pairs`;
-#    never the first token, which most heads use as an attention sink). Measures: accuracy,
-#    calibrated against the *clean* run's label prior (so a knock-out that shifts the prior is not
-#    calibrated away), and the gold-label logit margin.
+#    The input tokens are not the only route: "\nLabel:" sits between an input and its label and may
+#    carry the input onwards, so each path also has a **whole-text** variant that blocks all of the
+#    demonstration's (or the query's) text before its label (Wang et al.'s isolation, restricted to
+#    its own demonstration). The window (a third of the layers, `WINDOW_FRACTION`) slides through
+#    the depth by a sixth (`STRIDE_FRACTION`); the first window is the paper's "shallow layers" and
+#    the last one the deep contrast, so the claims need no runs beyond the slide (Wang et al. cut
+#    the first 5 of GPT-J's 28 layers, 18%: a third is the more generous reading of "shallow").
+#    **Control**, in every window: the same positions blocked from as many *random* earlier
+#    positions (`random_pairs`: the same number of blocked pairs per prompt; never the first token,
+#    which most heads use as an attention sink). **Measure**: the fall of the gold-label logit
+#    margin (knock-out vs clean, same prompts) minus the fall under the control. With queries
+#    balanced over the classes, a knock-out that merely shifts the model towards one label word
+#    raises the margin of half the prompts and lowers it for the other half, so the mean margin
+#    answers "does the model still tell the classes apart?", not "does it still say foo?".
+#    Accuracy, calibrated with the *clean* run's label prior from calibration prompts, is shown
+#    beside it.
 # 2. **Vocabulary view.** At each label position, the sum of the attention blocks' outputs of the
 #    layers below $l$, read through the final norm and the unembedding. If the shallow attention
 #    layers moved the demonstration's input there, the input's own token should rank high in that
@@ -49,10 +59,17 @@
 #    label position, and the same input token at a random other position after it. The same at
 #    the last position for the query's input.
 #
-# A knock-out of only the last position's attention leaves every earlier position unchanged, so the
-# query → last runs replay just the last token on cached keys and values
-# (`icl_utils.knockout.last_position_runs`, exact); the demonstration → label runs need whole
-# forward passes, which is why that path is measured at fewer settings.
+# Both knock-outs are computed exactly without a full pass per setting (`icl_utils.knockout`):
+# the query → last knock-out edits only the last position, so each demonstration set and each query
+# run once and only the last token is replayed under each setting (`last_position_runs`); the
+# demonstration → label knock-out edits only positions inside the demonstrations that a set's queries
+# share, so the demonstrations run once per setting under it and every query is replayed on the
+# cached keys and values (`shared_prefix_runs`). The tests check both against full passes.
+#
+# The same headline claims (the two input paths and the query's whole text, in the first window) are
+# graded on two sentence tasks with fewer demonstration sets, to see whether the answer depends on
+# the data. No label-swap control is run: every knock-out claim is about the *gold* label's margin
+# and every vocabulary claim about input tokens, so none is about the words foo and bar themselves.
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
@@ -75,19 +92,23 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # on Colab try "gpt2-large" or "meta-llama/Llama-2-7b-hf"
 TASK = "animal_vehicle"  # chapter 1's main task (its selection-pool choice)
+OTHER_TASKS = ["topic_sentences", "sentiment_sentences"]  # the headline claims again, on sentences
 DEMOS_PER_CLASS = 8
-N_PROMPTS = 32
-K_FRACTIONS = [0, 0.17, 0.33, 0.5, 1.0]  # query → last: knock out the first / last round(f * n_layers) layers
-LABEL_K_FRACTIONS = [0, 0.33, 0.5, 1.0]  # demonstration → label: the same, fewer k (each is two whole passes)
-SHALLOW_FRACTION = 0.33  # "shallow": the first third of the layers, the k the verdict compares
-N_VOCAB_PROMPTS = 8  # prompts for the vocabulary view (each projection is onto the whole vocabulary)
-LENS_FRACTIONS = [0.05, 0.17, 0.33, 0.5, 0.67, 1.0]  # sum of attention outputs below layer max(1, round(f * n_layers))
+N_GROUPS = 8  # demonstration sets on the main task (evaluation pool), each with its own queries
+QUERIES_PER_GROUP = 16  # queries per set, balanced over the classes (a query costs far less than a set)
+OTHER_GROUPS = 8  # demonstration sets on each other task (their prompts are about twice as long)
+OTHER_QUERIES = 8  # queries per set there
+CALIBRATION_PER_CLASS = 2  # calibration prompts per class and set (for calibrated accuracy)
+WINDOW_FRACTION = 1 / 3  # a window knocks out round(f * n_layers) consecutive layers
+STRIDE_FRACTION = 1 / 6  # and slides by round(f * n_layers) layers (the last window always ends at the top)
+N_VOCAB_GROUPS = 16  # demonstration sets for the vocabulary view, one query each
+LENS_FRACTIONS = [0.17, 0.33, 0.67, 1.0]  # sum of attention outputs below layer max(1, round(f * n_layers))
 SEED = 0
-BATCH_SIZE = 16
 
 # %%
 import random
 import time
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -98,176 +119,280 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.attribution import attention_block_output
-from icl_utils.evaluation import ICLScores, batches, last_position_hidden, scores_from_hidden
-from icl_utils.knockout import (blocking_mask, knock_out, label_demo_pairs, last_position_runs, last_query_pairs,
-                                random_pairs)
-from icl_utils.prompts import input_positions
-from icl_utils.reporting import Claim, claims_table, save_results
+from icl_utils.evaluation import ICLScores, scores_from_hidden
+from icl_utils.knockout import (blocking_mask, label_demo_pairs, last_position_runs, last_query_pairs, random_pairs,
+                                shared_prefix_runs)
+from icl_utils.prompts import demo_set_ids, input_positions
+from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, per_task_table, save_results
+from icl_utils.stats import cluster_bootstrap, mean_interval
 from icl_utils.vocab import top_tokens
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
+UNIT = "demonstration set"
+LEARNS = "the clean model learns the task: calibrated accuracy's interval (evaluation pool) lies above 0.5"
+
+# %% [markdown]
+# ## Declared claims
+#
+# Declared before any number is computed. "First window" is the first `WINDOW_FRACTION` of the
+# layers (the paper's shallow layers), "last window" the last. The smallest effect that counts for
+# the knock-outs is a quarter logit of gold-label margin beyond the random control; for the
+# vocabulary view, the own token must outrank its control in at least 60% of comparisons.
+
+# %%
+first_layers = f"the first {WINDOW_FRACTION:.0%} of the layers"
+MARGIN_EFFECT = dict(direction="increase", smallest_effect=0.25,
+                     smallest_effect_reason="a quarter logit of gold-label margin: the gold label's odds fall by a fifth "
+                                            "beyond what blocking as many random keys does")
+WANG = ("qualitative (Yu & Ananiadou 2024); Wang et al. 2023: isolating label words in the first 5 layers of GPT2-XL / "
+        "GPT-J changes predictions far more than in the last 5")
+
+
+def knockout_claims(path, what, blocked_from):
+    return {
+        f"{path}: shallow": ClaimSpec(
+            claim=f"In shallow layers, {what}: cutting {blocked_from} in {first_layers} hurts ICL beyond a random control",
+            paper=WANG,
+            metric=f"per prompt: fall of the gold-label logit margin (knock-out vs clean) in {first_layers}, minus the fall "
+                   f"under the random control",
+            control="the same positions blocked from as many random earlier positions (same pairs per prompt, same layers)",
+            unit=UNIT, precondition=LEARNS, **MARGIN_EFFECT),
+        f"{path}: shallow vs deep": ClaimSpec(
+            claim=f"Shallow, not deep, layers do it: the same cut hurts more in {first_layers} than in the last",
+            paper=WANG,
+            metric="per prompt: (fall beyond control in the first window) minus (fall beyond control in the last window)",
+            control="the same knock-out and its random control in the last window", unit=UNIT, precondition=LEARNS,
+            **MARGIN_EFFECT),
+    }
+
+
+claim_specs = {
+    **knockout_claims("demo input → label", "demonstration features move into label positions",
+                      "each label position off from its demonstration's input tokens"),
+    **knockout_claims("demo text → label", "demonstration features move into label positions",
+                      "each label position off from its demonstration's whole text (Wang et al.'s isolation)"),
+    **knockout_claims("query input → last", "the input's features move into the last position",
+                      "the last position off from the query's input tokens"),
+    **knockout_claims("query text → last", "the input's features move into the last position",
+                      "the last position off from the query's whole text"),
+}
+VIEW = dict(direction="increase", null=0.5, smallest_effect=0.10,
+            smallest_effect_reason="the own input token ranks above its control in at least 60% of comparisons",
+            unit=UNIT, precondition=LEARNS)
+view_metric = f"share of comparisons (ties half) in which the token ranks higher, in the attention outputs of {first_layers} summed"
+claim_specs |= {
+    "label view vs other demonstration": ClaimSpec(
+        claim="The shallow attention outputs at a label position carry its demonstration's input (vocabulary view)",
+        paper="qualitative: the projected sum of lower attention outputs shows the demonstration's words",
+        metric=f"{view_metric}: own input at the label vs another demonstration's input at the same label",
+        control="another demonstration's input token at the same label position", **VIEW),
+    "label view vs other position": ClaimSpec(
+        claim="... and carry it at the label position more than elsewhere (vocabulary view)",
+        paper="qualitative: the projected sum of lower attention outputs shows the demonstration's words",
+        metric=f"{view_metric}: own input at its label vs the same input at a random later non-label position",
+        control="the same input token at a random other position after the demonstration", **VIEW),
+    "last view": ClaimSpec(
+        claim="The shallow attention outputs at the last position carry the query's input (vocabulary view)",
+        paper="qualitative",
+        metric=f"{view_metric}: the query's input vs a random demonstration's input, at the last position",
+        control="a random demonstration's input token at the last position", **VIEW),
+}
+HEADLINE = ["demo input → label: shallow", "query input → last: shallow", "query text → last: shallow"]
+declared_claims_table(claim_specs)
+
+# %% [markdown]
+# ## The model and its windows
+#
+# Which layers attend only within a sliding window and which globally is read from the model's
+# configuration. Gemma-3-270M has **one key/value head per layer**: its 4 query heads share one
+# $W_K$ and one $W_V$, so knocking out a layer's attention removes one shared key/value stream for
+# all four heads at once, not four independent channels.
+
+# %%
 info = iu.load_model(MODEL)
 task = iu.load_task(TASK)
-prompts = iu.build_prompts(task, N_PROMPTS, demos_per_class=DEMOS_PER_CLASS, seed=SEED)
-chunks = [iu.encode_prompts(info, chunk) for chunk in batches(prompts, BATCH_SIZE)]
-inputs = [input_positions(info, b) for b in chunks]
-classes, words = list(prompts[0].label_words), prompts[0].label_words
-gold = torch.tensor([classes.index(p.gold) for p in prompts])
-
 L = info.n_layers
-k_shallow = max(1, round(SHALLOW_FRACTION * L))
-ks = sorted({round(f * L) for f in K_FRACTIONS} | {0, k_shallow, L})
-label_ks = sorted({round(f * L) for f in LABEL_K_FRACTIONS} | {0, k_shallow})
-print(f"{MODEL}: {L} layers; k = {ks} (query → last), {label_ks} (demonstration → label); "
-      f"shallow = first {k_shallow} layers")
+k_window = max(1, round(WINDOW_FRACTION * L))
+stride = max(1, round(STRIDE_FRACTION * L))
+starts = sorted(set(range(0, L - k_window + 1, stride)) | {L - k_window})
+windows = {s: range(s, s + k_window) for s in starts}
+first, last = starts[0], starts[-1]
+layer_types = getattr(info.model.config, "layer_types", None) or ["full_attention"] * L
+global_layers = [l for l, t in enumerate(layer_types) if "sliding" not in t]
+sliding_size = getattr(info.model.config, "sliding_window", None)
+print(f"{MODEL}: {L} layers, {info.n_heads} query heads sharing {info.n_kv_heads} key/value head(s) per layer; "
+      f"global attention in layers {global_layers}" + (f", the others see the last {sliding_size} tokens" if sliding_size
+                                                       and len(global_layers) < L else ""))
+print(f"windows of {k_window} layers, stride {stride}: " + ", ".join(f"{s}-{s + k_window - 1}" for s in starts))
 
-# one prompt's paths, as token strings
-b0, ip0 = chunks[0], inputs[0]
+# %% [markdown]
+# One prompt's paths, as token strings (the first two demonstrations):
+
+# %%
+(example,) = iu.build_prompt_groups(task, 1, 1, demos_per_class=DEMOS_PER_CLASS, seed=SEED, pool="evaluation")
+b0 = iu.encode_prompts(info, example)
+ip0 = input_positions(info, b0)
 tok = lambda i: repr(info.tokenizer.decode([int(b0.input_ids[0, i])]))  # noqa: E731
 for (q, keys), (_, whole) in list(zip(label_demo_pairs(b0, ip0)[0], label_demo_pairs(b0, ip0, whole=True)[0]))[:2]:
     print(f"label {q} {tok(q)} cannot see its input {[tok(k) for k in keys]} (whole text: {[tok(k) for k in whole]})")
 (q, keys), = last_query_pairs(b0, ip0)[0]
 print(f"last {q} {tok(q)} cannot see the query input {[tok(k) for k in keys]}")
+if sliding_size:
+    print(f"prompt length {int(b0.attention_mask.sum())} tokens "
+          f"({'within' if b0.attention_mask.sum() <= sliding_size else 'beyond'} the sliding window of {sliding_size})")
 
 # %% [markdown]
-# ## Knock-out: the query's input → the last position
+# ## Knock-out through the depth
 #
-# All settings at once: first k and last k layers, input tokens and whole query text, each with its
-# random control. The clean run (k = 0) comes from the same cached prefix.
+# For each demonstration set: the query → last settings in one last-token step, the
+# demonstration → label settings with the demonstrations run once per setting. The whole-text
+# variant of the demonstration path, the costliest, runs in the first and last windows only.
 
 # %%
-def scores_of(hidden: torch.Tensor) -> ICLScores:
-    """Label-word logits from final-normed hidden states at the last positions (n_prompts, d_model)."""
-    return scores_from_hidden(info, hidden, prompts)
+VARIANTS = {"input": False, "text": True}
 
 
-def layer_sets(k_values):
-    """(direction, k) -> layers; k = 0 is the clean run and k = L (all layers) is shared by both directions."""
-    out = {}
-    for k in k_values:
-        for direction in ("first", "last"):
-            layers = range(k) if direction == "first" else range(L - k, L)
-            out.setdefault((direction if 0 < k < L else "both", k), layers)
-    return out
+@dataclass
+class KnockOut:
+    """One task's knock-out runs: the clean scores (calibrated) and each setting's scores, same prompts."""
+
+    task: str
+    clean: ICLScores
+    runs: dict  # (path, variant, control, window start) -> ICLScores
+
+    @property
+    def sets(self):
+        return self.clean.demo_set
+
+    def beyond_control(self, path, variant, window) -> np.ndarray:
+        """Per prompt: fall of the gold margin under the knock-out minus its fall under the control."""
+        return (self.runs[path, variant, True, window].gold_margins() - self.runs[path, variant, False, window].gold_margins()).numpy()
 
 
-LAST_CONDITIONS = {"query input → last": dict(whole=False), "query text → last": dict(whole=True)}
-last_settings = [(cond, control, direction, k, layers)
-                 for cond in LAST_CONDITIONS for control in (False, True)
-                 for (direction, k), layers in layer_sets(ks).items() if k > 0]
-hidden = []
-for i, (b, ip) in enumerate(tqdm(list(zip(chunks, inputs)), desc="query → last (cached)")):
-    masks = {}
-    for cond, kwargs in LAST_CONDITIONS.items():
-        pairs = last_query_pairs(b, ip, **kwargs)
-        masks[cond, False] = blocking_mask(b, pairs)
-        masks[cond, True] = blocking_mask(b, random_pairs(pairs, seed=SEED + i))
-    settings = [((), None)] + [(layers, masks[cond, control]) for cond, control, _, _, layers in last_settings]
-    hidden.append(last_position_runs(info, b, settings))
-hidden = torch.cat(hidden, dim=1)  # (1 + n_settings, n_prompts, d_model)
-clean = scores_of(hidden[0])
-knocked = {s[:4]: scores_of(h) for s, h in zip(last_settings, hidden[1:])}
+@torch.no_grad()  # the label logits are read off the weights: nothing here needs gradients
+def knockout_runs(task, n_groups, n_queries, query_windows, demo_windows, demo_text_windows, seed=SEED) -> KnockOut:
+    groups = iu.build_prompt_groups(task, n_groups, n_queries, demos_per_class=DEMOS_PER_CLASS, seed=seed,
+                                    distinct_queries=True, pool="evaluation")
+    prompts = [p for g in groups for p in g]
+    calibration = iu.calibration_prompts(task, prompts, per_class=CALIBRATION_PER_CLASS, seed=seed)
+    clean, calib, hidden = [], [], {}
+    for g, group in enumerate(tqdm(groups, desc=f"{task.name}: knock-outs per demonstration set")):
+        n_q = len(group)
+        # query → last: the set's demonstrations and queries (with its calibration queries) run once,
+        # the last token once per setting
+        batch = iu.encode_prompts(info, group + [p for p in calibration if p.demos == group[0].demos])
+        ip = input_positions(info, batch)
+        settings, keys = [((), None)], []
+        for variant, whole in VARIANTS.items():
+            pairs = last_query_pairs(batch, ip, whole=whole)
+            masks = {False: blocking_mask(batch, pairs), True: blocking_mask(batch, random_pairs(pairs, seed=seed + g))}
+            for control in (False, True):
+                for s in query_windows:
+                    keys.append(("query → last", variant, control, s))
+                    settings.append((windows[s], masks[control]))
+        out = last_position_runs(info, batch, settings)
+        clean.append(out[0, :n_q])
+        calib.append(out[0, n_q:])
+        for key, h in zip(keys, out[1:]):
+            hidden.setdefault(key, []).append(h[:n_q])
+        # demonstration → label: one prompt's pairs (the demonstrations are shared), the same for all queries
+        batch = iu.encode_prompts(info, group)
+        ip = input_positions(info, batch)
+        settings, keys = [], []
+        for variant, whole in VARIANTS.items():
+            (pairs,) = label_demo_pairs(batch, ip, whole=whole)[:1]
+            (control_pairs,) = random_pairs([pairs], seed=seed + g)
+            masks = {False: blocking_mask(batch, [pairs] * n_q), True: blocking_mask(batch, [control_pairs] * n_q)}
+            for control in (False, True):
+                for s in (demo_windows if variant == "input" else demo_text_windows):
+                    keys.append(("demo → label", variant, control, s))
+                    settings.append((windows[s], masks[control]))
+        for key, h in zip(keys, shared_prefix_runs(info, batch, settings)):
+            hidden.setdefault(key, []).append(h)
+    clean_scores = scores_from_hidden(info, torch.cat(clean), prompts).calibrated_with(
+        scores_from_hidden(info, torch.cat(calib), calibration))
+    runs = {key: scores_from_hidden(info, torch.cat(h), prompts) for key, h in hidden.items()}
+    return KnockOut(task.name, clean_scores, runs)
 
-n = len(prompts)
-clean_correct = clean.predictions("batch") == gold
-p_clean = (clean_correct.sum().item() + 1) / (n + 2)  # smoothed, so a perfect score still has noise
-se_drop = (2 * p_clean * (1 - p_clean) / n) ** 0.5  # standard error of a difference of two accuracies over n prompts
-rows_all = torch.arange(n)
 
-
-def margins(s: ICLScores) -> torch.Tensor:
-    return s.label_logits[rows_all, s.gold] - s.label_logits[rows_all, 1 - s.gold]
-
-
-def summarise(s: ICLScores, **labels) -> dict:
-    diff = margins(s) - margins(clean)
-    return {**labels, "accuracy": s.accuracy("batch", reference=clean), "margin": margins(s).mean().item(),
-            "margin_drop_se": (diff.std() / n ** 0.5).item()}
-
-
-results = [summarise(clean, path=cond, control=control, direction=d, k=0)
-           for cond in LAST_CONDITIONS for control in (False, True) for d in ("first", "last")]
-for (cond, control, direction, k), s in knocked.items():
-    for d in ((direction,) if direction != "both" else ("first", "last")):
-        results.append(summarise(s, path=cond, control=control, direction=d, k=k))
-print(f"clean: calibrated accuracy {clean.accuracy('batch'):.3f}, gold margin {margins(clean).mean():+.3f}; "
-      f"standard error of an accuracy difference ≈ {se_drop:.3f}")
-pd.DataFrame([r for r in results if r["path"] == "query input → last" and not r["control"]]).pivot(
-    index="k", columns="direction", values="accuracy").round(3)
-
-# %% [markdown]
-# ## Knock-out: the demonstration → its label position
-#
-# Whole forward passes: the input-token knock-out at each k of `LABEL_K_FRACTIONS`, first and last;
-# the random control and the whole-demonstration-text knock-out at the shallow k and its mirror
-# (the last k layers).
+t0 = time.time()
+main = knockout_runs(task, N_GROUPS, QUERIES_PER_GROUP, starts, starts, [first, last])
+main_seconds = time.time() - t0
+n = len(main.clean.gold)
+learns = mean_interval(main.clean.correct("prior").numpy(), main.sets, seed=SEED)
+print(f"{TASK}: {n} prompts in {N_GROUPS} demonstration sets, {len(main.runs)} knock-out settings in {main_seconds:.0f} s; "
+      f"clean calibrated accuracy {learns}, raw {main.clean.accuracy():.3f}, gold margin {main.clean.gold_logit_margin():+.3f}")
 
 # %%
-LABEL_CONDITIONS = {"demo input → label": dict(whole=False), "demo text → label": dict(whole=True)}
-label_runs = [("demo input → label", False, direction, k, layers) for (direction, k), layers in layer_sets(label_ks).items() if k > 0]
-for direction, layers in (("first", range(k_shallow)), ("last", range(L - k_shallow, L))):
-    label_runs += [("demo input → label", True, direction, k_shallow, layers),
-                   ("demo text → label", False, direction, k_shallow, layers)]
-label_masks = []
-for i, (b, ip) in enumerate(zip(chunks, inputs)):
-    masks = {}
-    for cond, kwargs in LABEL_CONDITIONS.items():
-        pairs = label_demo_pairs(b, ip, **kwargs)
-        masks[cond, False] = blocking_mask(b, pairs)
-        if not kwargs["whole"]:  # the first demonstration's whole text leaves no other earlier positions to draw
-            masks[cond, True] = blocking_mask(b, random_pairs(pairs, seed=SEED + i))
-    label_masks.append(masks)
+def window_table(result: KnockOut) -> pd.DataFrame:
+    clean_margin = result.clean.gold_margins()
+    rows = []
+    for (path, variant, control, s), scores in result.runs.items():
+        if control:
+            continue
+        effect = mean_interval(result.beyond_control(path, variant, s), result.sets, seed=SEED)
+        ctrl = result.runs[path, variant, True, s]
+        rows.append({"path": f"{path.split(' → ')[0]} {variant} → {path.split(' → ')[1]}", "window": s,
+                     "layers": f"{s}-{s + k_window - 1}",
+                     "margin fall": (clean_margin - scores.gold_margins()).mean().item(),
+                     "control's fall": (clean_margin - ctrl.gold_margins()).mean().item(),
+                     "beyond control": effect.estimate, "low": effect.low, "high": effect.high,
+                     "accuracy": scores.accuracy("prior", reference=result.clean),
+                     "control's accuracy": ctrl.accuracy("prior", reference=result.clean)})
+    return pd.DataFrame(rows).sort_values(["path", "window"]).reset_index(drop=True)
 
-for cond, control, direction, k, layers in tqdm(label_runs, desc="demo → label (full passes)"):
-    states = []
-    for b, masks in zip(chunks, label_masks):
-        with knock_out(info, layers, masks[cond, control]):
-            states.append(last_position_hidden(info, b).float().cpu())
-    s = scores_of(torch.cat(states))
-    for d in ((direction,) if direction != "both" else ("first", "last")):
-        results.append(summarise(s, path=cond, control=control, direction=d, k=k))
-results += [summarise(clean, path=cond, control=control, direction=d, k=0)
-            for cond, control in [("demo input → label", False), ("demo input → label", True), ("demo text → label", False)]
-            for d in ("first", "last")]
-table = pd.DataFrame(results)
-table["accuracy_drop"] = clean.accuracy("batch") - table["accuracy"]
-table["margin_drop"] = margins(clean).mean().item() - table["margin"]
-table = table.sort_values(["path", "control", "direction", "k"]).reset_index(drop=True)
-table.pivot_table(index=["path", "control", "direction"], columns="k", values="accuracy").round(3)
+
+table = window_table(main)
+for path, part in table.groupby("path", sort=False):
+    top = part.loc[part["beyond control"].idxmax()]
+    print(f"{path}: the largest fall beyond the control is in layers {top.layers}: {top['beyond control']:+.3f} "
+          f"[{top.low:+.3f}, {top.high:+.3f}] (first window {part.iloc[0]['beyond control']:+.3f})")
+table.drop(columns="window").round(3)
 
 # %%
 paths = ["demo input → label", "demo text → label", "query input → last", "query text → last"]
 colours = dict(zip(paths, ["C3", "C1", "C0", "C2"]))
-fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True)
+centre = lambda s: s + (k_window - 1) / 2  # noqa: E731
+fig, axes = plt.subplots(2, 2, figsize=(13, 7), sharex=True)
 for col, group in enumerate((paths[:2], paths[2:])):
-    for row, (measure, err) in enumerate((("accuracy", None), ("margin", "margin_drop_se"))):
-        ax = axes[row, col]
+    for row, ax in enumerate(axes[:, col]):
+        for l in global_layers:
+            ax.axvspan(l - 0.5, l + 0.5, color="0.85", lw=0, label="global-attention layer" if l == global_layers[0] else None)
         for path in group:
-            for direction, style in (("first", "-"), ("last", "--")):
-                part = table[(table.path == path) & ~table.control & (table.direction == direction)]
-                if len(part) < 2:
-                    continue
-                yerr = se_drop if err is None else part[err]
-                ax.errorbar(part.k, part[measure], yerr=yerr, fmt="o" + style, color=colours[path], capsize=3,
-                            label=f"{path}, {direction} k layers", alpha=0.9 if direction == "first" else 0.6)
-                control = table[(table.path == path) & table.control & (table.direction == direction) & (table.k > 0)]
-                ax.plot(control.k, control[measure], "x" + (":" if len(control) > 1 else ""), color="0.4", ms=8,
-                        label="random control" if path == group[0] and direction == "first" else None)
-        ax.axvline(k_shallow, color="0.7", lw=0.8)
-        ax.set_ylabel("calibrated accuracy" if measure == "accuracy" else "gold-label logit margin")
-        if row == 1:
-            ax.set_xlabel("k (layers knocked out)")
+            part = table[table.path == path]
+            x = part.window.map(centre)
+            line = "-" if len(part) == len(starts) else ""  # a path measured in a few windows only: no line between them
+            if row == 0:
+                ax.errorbar(x, part["beyond control"], yerr=[part["beyond control"] - part.low, part.high - part["beyond control"]],
+                            xerr=(k_window - 1) / 2, fmt="o" + line, color=colours[path], capsize=3, label=path)
+            else:
+                ax.plot(x, part.accuracy, "o" + line, color=colours[path], label=f"{path}: knock-out")
+                ax.plot(x, part["control's accuracy"], "x--" if line else "x", color=colours[path], alpha=0.6,
+                        label=f"{path}: random control")
+        if row == 0:
+            ax.axhline(0, color="0.4", lw=0.8)
+            ax.axhline(claim_specs["demo input → label: shallow"].smallest_effect, color="0.4", lw=0.8, ls=":",
+                       label="smallest effect that counts")
+            ax.set_ylabel("fall of gold margin beyond\nrandom control (logits, 95% CI)")
+        else:
+            ax.axhline(main.clean.accuracy("prior"), color="0.4", lw=0.8, label="clean")
+            ax.set_ylabel("calibrated accuracy")
+            ax.set_xlabel("layers knocked out (window centre; bar: its extent)")
+        ax.legend(fontsize=7, loc="best")
     axes[0, col].set_title(["demonstration → its label position", "query → last position"][col], fontsize=11)
-    axes[0, col].legend(fontsize=7, loc="lower left")
+axes[1, 0].set_xticks(range(L))
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Solid lines knock out the **first** k layers, dashed the **last** k; k = 0 is the clean run and
-# k = all layers is shared; grey crosses are the random controls (same number of blocked keys); the
-# vertical line marks the shallow k of the verdict. Error bars: the standard error of an accuracy
-# difference over the prompts, and the paired standard error of the margin change.
+# Each point is one window of consecutive layers, placed at its centre, with a bar over the layers it
+# covers; the grey bands are the layers with global attention (the others attend within a sliding
+# window). Top: how much more the gold-label margin falls when the path is cut than when as many
+# random earlier positions are cut, with its 95% interval over demonstration sets; the dotted line
+# is the smallest effect the claims count. Bottom: calibrated accuracy under the knock-out (solid)
+# and under its random control (dashed). The whole-text cut of the demonstrations is measured in
+# the first and last windows only.
 
 # %% [markdown]
 # ## Vocabulary view: what the lower attention layers wrote at a label position
@@ -275,18 +400,23 @@ plt.show()
 # One traced pass records every attention block's output at the label positions, at one random
 # other position per demonstration (after that demonstration's input, not a label), and at the last
 # position. For each $l$ we sum the blocks below $l$ and project the sum (final norm, unembedding).
+# One prompt per demonstration set (queries alternate over the classes), so each set contributes
+# all its label positions and one last position.
 
 # %%
-vocab_batch = iu.encode_prompts(info, prompts[:N_VOCAB_PROMPTS])
+vocab_groups = iu.build_prompt_groups(task, N_VOCAB_GROUPS, 2, demos_per_class=DEMOS_PER_CLASS, seed=SEED,
+                                      distinct_queries=True, pool="evaluation")
+vocab_batch = iu.encode_prompts(info, [g[i % 2] for i, g in enumerate(vocab_groups)])
 vocab_inputs = input_positions(info, vocab_batch)
+vocab_sets = demo_set_ids(vocab_batch.prompts)
 rng = random.Random(SEED)
 n_demos = len(vocab_batch.label_positions[0])
 random_pos, other_demo, last_demo = [], [], []
 for i, labels in enumerate(vocab_batch.label_positions):
-    last = int(vocab_batch.last_positions[i])
+    last_pos = int(vocab_batch.last_positions[i])
     row_pos, row_other = [], []
     for j, demo in enumerate(vocab_inputs.demos[i]):
-        candidates = [p for p in range(demo[-1] + 1, last) if p not in labels]
+        candidates = [p for p in range(demo[-1] + 1, last_pos) if p not in labels]
         row_pos.append(rng.choice(candidates))
         row_other.append(rng.choice([jj for jj in range(n_demos) if jj != j]))
     random_pos.append(row_pos)
@@ -295,9 +425,8 @@ for i, labels in enumerate(vocab_batch.label_positions):
 positions = torch.tensor([labels + rp + [int(t)] for labels, rp, t in
                           zip(vocab_batch.label_positions, random_pos, vocab_batch.last_positions)])
 trace = iu.run_with_trace(info, vocab_batch.input_ids, vocab_batch.attention_mask, positions, record=("attn_out",))
-blocks = torch.stack([attention_block_output(info, trace, l) for l in range(L)])  # (L, batch, n_pos, d_model)
-below = blocks.cumsum(0)  # below[l - 1] = sum of the attention blocks of layers 0 .. l-1
-lens_layers = sorted({max(1, round(f * L)) for f in LENS_FRACTIONS})
+below = torch.stack([attention_block_output(info, trace, l) for l in range(L)]).cumsum(0)  # below[l - 1]: layers 0 .. l-1
+lens_layers = sorted({max(1, round(f * L)) for f in LENS_FRACTIONS} | {k_window})
 
 
 def best_rank(logits: torch.Tensor, token_ids) -> int:
@@ -308,22 +437,24 @@ def best_rank(logits: torch.Tensor, token_ids) -> int:
 ids = vocab_batch.input_ids
 rank_rows = []
 for l in tqdm(lens_layers, desc="vocabulary view"):
-    logits = info.logits_from_residual(below[l - 1].to(info.device)).float().cpu()  # (batch, n_pos, vocab)
+    lens = info.logits_from_residual(below[l - 1].to(info.device)).float().cpu()  # (prompts, n_pos, vocab): one read of the unembedding
     for i in range(len(vocab_batch.prompts)):
+        logits = lens[i]
         demo_tokens = [ids[i, d].tolist() for d in vocab_inputs.demos[i]]
         query_tokens = ids[i, vocab_inputs.query[i]].tolist()
+        row = {"l": l, "set": vocab_sets[i]}
         for j in range(n_demos):
             rank_rows += [
-                {"l": l, "where": "label position", "token": "its demonstration's input", "rank": best_rank(logits[i, j], demo_tokens[j])},
-                {"l": l, "where": "label position", "token": "another demonstration's input",
-                 "rank": best_rank(logits[i, j], demo_tokens[other_demo[i][j]])},
-                {"l": l, "where": "label position", "token": "its input, at a random other position",
-                 "rank": best_rank(logits[i, n_demos + j], demo_tokens[j])},
+                {**row, "where": "label position", "token": "its demonstration's input", "rank": best_rank(logits[j], demo_tokens[j])},
+                {**row, "where": "label position", "token": "another demonstration's input",
+                 "rank": best_rank(logits[j], demo_tokens[other_demo[i][j]])},
+                {**row, "where": "label position", "token": "its input, at a random other position",
+                 "rank": best_rank(logits[n_demos + j], demo_tokens[j])},
             ]
         rank_rows += [
-            {"l": l, "where": "last position", "token": "the query's input", "rank": best_rank(logits[i, -1], query_tokens)},
-            {"l": l, "where": "last position", "token": "a demonstration's input",
-             "rank": best_rank(logits[i, -1], demo_tokens[last_demo[i]])},
+            {**row, "where": "last position", "token": "the query's input", "rank": best_rank(logits[-1], query_tokens)},
+            {**row, "where": "last position", "token": "a demonstration's input",
+             "rank": best_rank(logits[-1], demo_tokens[last_demo[i]])},
         ]
 ranks = pd.DataFrame(rank_rows)
 median_ranks = ranks.groupby(["where", "token", "l"])["rank"].median().unstack("l")
@@ -337,7 +468,7 @@ for ax, where in zip(axes, ["label position", "last position"]):
     ax.axhline(info.vocab_size / 2, color="0.5", ls=":", lw=1, label="chance (half the vocabulary)")
     ax.set_yscale("log")
     ax.invert_yaxis()
-    ax.axvline(k_shallow, color="0.7", lw=0.8)
+    ax.axvline(k_window, color="0.7", lw=0.8)
     ax.set_xlabel("l: attention outputs of layers 0 .. l-1, summed")
     ax.set_ylabel("rank in the vocabulary (median, IQR)")
     ax.set_title(f"at the {where}", fontsize=11)
@@ -355,118 +486,130 @@ pd.DataFrame({f"below layer {l}": top_tokens(info, below[l - 1][0, 0], 8) for l 
     f"input {first_input!r}, label {info.tokenizer.decode([int(ids[0, vocab_batch.label_positions[0][0]])])!r}")
 
 # %% [markdown]
-# ## Verdict
+# ## The headline claims on sentence tasks
+#
+# The same knock-outs in the first window only (input tokens of both paths, the query's whole
+# text), on `OTHER_GROUPS` demonstration sets of each sentence task: its inputs are sentences of
+# 8 to 15 words, so a label position's own demonstration is most of what precedes the first label,
+# and the random control spreads its keys over the later labels (`random_pairs`).
 
 # %%
-def at(path, direction, k, control=False):
-    part = table[(table.path == path) & (table.direction == direction) & (table.k == k) & (table.control == control)]
-    return part.iloc[0]
+t0 = time.time()
+others = {name: knockout_runs(iu.load_task(name), OTHER_GROUPS, OTHER_QUERIES, [first], [first], []) for name in OTHER_TASKS}
+print(f"{len(OTHER_TASKS)} sentence tasks, {OTHER_GROUPS * OTHER_QUERIES} prompts each: {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## Verdicts
+#
+# Every estimate comes with a 95% interval over demonstration sets; `grade` applies the declared
+# rule (reproduced, contradicted, or inconclusive with the design's minimum detectable effect).
+
+# %%
+def grade_knockouts(result: KnockOut, names) -> list:
+    correct = result.clean.correct("prior").numpy()
+    ok = mean_interval(correct, result.sets, seed=SEED)
+    out = []
+    for name in names:
+        path_label, contrast = name.split(": ")
+        source, variant_target = path_label.split(" ", 1)
+        variant, target = variant_target.split(" → ")
+        path = f"{source} → {target}"
+        shallow = result.beyond_control(path, variant, first)
+        if contrast == "shallow":
+            values, detail = shallow, f"first window (layers {first}-{first + k_window - 1})"
+        else:
+            values = shallow - result.beyond_control(path, variant, last)
+            detail = f"layers {first}-{first + k_window - 1} minus layers {last}-{last + k_window - 1}"
+        ci = mean_interval(values, result.sets, seed=SEED)
+        knocked = result.runs[path, variant, False, first]
+        out.append(grade(claim_specs[name], ci,
+                         f"{MODEL}, {result.task}, {len(values)} prompts in {len(set(result.sets))} sets, {detail}: {ci} logits; "
+                         f"first window: calibrated accuracy {result.clean.accuracy('prior'):.2f} -> "
+                         f"{knocked.accuracy('prior', reference=result.clean):.2f} (control "
+                         f"{result.runs[path, variant, True, first].accuracy('prior', reference=result.clean):.2f}); "
+                         f"clean accuracy {ok}",
+                         precondition_met=ok.low > 0.5, task=result.task))
+    return out
 
 
-def effect(row) -> tuple:
-    """(accuracy drop beyond 2 standard errors, margin drop beyond 2 paired standard errors)."""
-    return row.accuracy_drop > 2 * se_drop, row.margin_drop > 2 * row.margin_drop_se
+knockout_names = [name for name in claim_specs if "→" in name]
+graded = grade_knockouts(main, knockout_names)
+
+# the vocabulary view at l = the first window's top: share of comparisons the own token wins, clustered by set
+at_view = ranks[ranks.l == k_window]
 
 
-def knockout_verdict(path) -> tuple:
-    first, last = at(path, "first", k_shallow), at(path, "last", k_shallow)
-    (fa, fm), (la, lm) = effect(first), effect(last)
-    if fa and not la:
-        verdict = "reproduced"
-    elif fa and la:
-        verdict = "partly reproduced (the last layers matter too)"
-    elif fm and not (la or lm):
-        verdict = "partly reproduced (margin only, accuracy within noise)"
-    elif la or lm:
-        verdict = "not reproduced: the last layers matter, the first do not"
-    else:
-        verdict = "not reproduced: no effect beyond noise in either"
-    return first, last, verdict
+def wins(where, token, control):
+    a = at_view[(at_view["where"] == where) & (at_view.token == token)]
+    b = at_view[(at_view["where"] == where) & (at_view.token == control)]
+    won = (a["rank"].to_numpy() < b["rank"].to_numpy()) + 0.5 * (a["rank"].to_numpy() == b["rank"].to_numpy())
+    return won, a["set"].to_numpy(), a["rank"].median(), b["rank"].median()
 
 
-def describe(path, first, last):
-    text = (f"{MODEL}, {n} prompts: first {k_shallow} of {L} layers: accuracy {first.accuracy:.2f}, margin "
-            f"{first.margin:+.2f}; last {k_shallow}: accuracy {last.accuracy:.2f}, margin {last.margin:+.2f} "
-            f"(clean {clean.accuracy('batch'):.2f}, {margins(clean).mean():+.2f}; SE of a difference {se_drop:.2f})")
-    if ((table.path == path) & table.control & (table.k == k_shallow)).any():
-        c_first, c_last = at(path, "first", k_shallow, True), at(path, "last", k_shallow, True)
-        text += f"; random control: {c_first.accuracy:.2f} / {c_last.accuracy:.2f}"
-    return text
-
-
-claims = []
-for path, claim in [
-    ("demo input → label", "In shallow layers, demonstration features move into label positions: knocking out "
-                           "label → demonstration-input attention in the first layers hurts ICL, in the last layers it does not"),
-    ("demo text → label", "The same with the label cut off from its whole demonstration text (Wang et al.'s isolation)"),
-    ("query input → last", "In shallow layers, the input's features move into the last position: knocking out "
-                           "last → query-input attention in the first layers hurts ICL, in the last layers it does not"),
-    ("query text → last", "The same with the last position cut off from the whole query text"),
-]:
-    first, last, verdict = knockout_verdict(path)
-    claims.append(Claim(
-        claim=claim,
-        paper="qualitative (Yu & Ananiadou 2024); Wang et al. 2023: isolating label words in the first 5 layers of "
-              "GPT2-XL / GPT-J changes predictions far more than in the last 5",
-        book=describe(path, first, last),
-        verdict=verdict,
-    ))
-
-l_view = min(lens_layers, key=lambda l: abs(l - k_shallow))
-
-
-def paired_share(where, token, control):
-    """Share of positions where `token` ranks above `control` at l_view, with its standard error."""
-    a = ranks[(ranks["where"] == where) & (ranks.token == token) & (ranks.l == l_view)]["rank"].to_numpy()
-    b = ranks[(ranks["where"] == where) & (ranks.token == control) & (ranks.l == l_view)]["rank"].to_numpy()
-    share = float((a < b).mean() + 0.5 * (a == b).mean())
-    return share, (share * (1 - share) / len(a)) ** 0.5, float(np.median(a)), float(np.median(b))
-
-
+vocab_ok = learns.low > 0.5
 own = "its demonstration's input"
-s_other, se_other, med_own, med_other = paired_share("label position", own, "another demonstration's input")
-s_pos, se_pos, _, med_pos = paired_share("label position", own, "its input, at a random other position")
-s_query, se_query, med_query, med_demo = paired_share("last position", "the query's input", "a demonstration's input")
-label_view = s_other - 0.5 > 2 * se_other and s_pos - 0.5 > 2 * se_pos
-claims += [
-    Claim(
-        claim="The shallow attention outputs at a label position carry its demonstration's input (vocabulary view)",
-        paper="qualitative: the projected sum of lower attention outputs shows the demonstration's words",
-        book=f"{MODEL}, attention outputs below layer {l_view}, {N_VOCAB_PROMPTS} prompts: median rank of the own input "
-             f"token {med_own:.0f} vs {med_other:.0f} for another demonstration's input and {med_pos:.0f} at a random "
-             f"other position; own ranks higher in {s_other:.0%} ± {se_other:.0%} and {s_pos:.0%} ± {se_pos:.0%} of cases",
-        verdict="reproduced" if label_view else "not reproduced",
-    ),
-    Claim(
-        claim="The shallow attention outputs at the last position carry the query's input (vocabulary view)",
-        paper="qualitative",
-        book=f"median rank of the query's input token {med_query:.0f} vs {med_demo:.0f} for a demonstration's input; "
-             f"higher in {s_query:.0%} ± {se_query:.0%} of prompts",
-        verdict="reproduced" if s_query - 0.5 > 2 * se_query else "not reproduced",
-    ),
-]
-claims_table(claims)
+for name, where, token, control in [("label view vs other demonstration", "label position", own, "another demonstration's input"),
+                                    ("label view vs other position", "label position", own, "its input, at a random other position"),
+                                    ("last view", "last position", "the query's input", "a demonstration's input")]:
+    won, sets, med_a, med_b = wins(where, token, control)
+    ci = cluster_bootstrap(lambda r: won[r].mean(), sets, seed=SEED)
+    graded.append(grade(claim_specs[name], ci,
+                        f"{MODEL}, {TASK}, attention outputs of layers 0-{k_window - 1}, {len(won)} comparisons in "
+                        f"{len(set(sets))} sets: the token ranks higher in {ci} of them (median rank {med_a:.0f} vs {med_b:.0f} "
+                        f"of {info.vocab_size})", precondition_met=vocab_ok, task=TASK))
+claims_table(graded)
+
+# %% [markdown]
+# The headline claims side by side on the main task and the two sentence tasks (the main task with
+# 8 demonstration sets of 16 queries, the others with 8 sets of 8):
+
+# %%
+headline = [g for g in graded if g.spec in [claim_specs[h] for h in HEADLINE]]
+for result in others.values():
+    headline += grade_knockouts(result, HEADLINE)
+per_task_table(headline)
 
 # %% [markdown]
 # **Reading the result.** The knock-out asks whether the *direct* attention path matters in a given
 # band of layers; it cannot see features that reach a position by a detour (through "\nLabel:", or
 # through later layers of the positions in between), which is why the whole-text knock-out sits
-# beside the input-token one. The vocabulary view asks a different question — whether the
-# input's identity is *present* in what the lower attention layers wrote — and can agree with the
-# knock-out on where the features arrive while the knock-out shows whether the model *needs* them
-# there. A median rank near half the vocabulary means the projection does not single the token out
-# at all: the logit lens reads shallow-layer vectors of small models poorly, so a null in the
-# vocabulary view is weaker evidence than a null in the knock-out. Where the book's verdict differs
-# from the paper, the curves above say in which layers this small model does depend on each path.
+# beside the input-token one. A claim graded *contradicted* means the interval rules out a fall of
+# a quarter logit beyond the control: this model does not depend on that path in those layers as
+# much as the claim needs; *inconclusive* comes with the detectable effect of this design and the
+# number of demonstration sets that would settle it. The window curves above say where the model
+# *does* depend on each path, which is the answer to set beside the paper's "shallow layers": in a
+# model of 18 layers the middle of the depth may play the part that the first few layers play in a
+# model of 28 or 48.
+#
+# Two measures can disagree, and both are shown on purpose. A knock-out can shift the model
+# towards one label word for every query: accuracy calibrated with the *clean* run's prior counts
+# that shift as errors, while the mean gold margin over class-balanced queries does not (half the
+# prompts gain what the other half lose). A falling accuracy beside a steady or rising margin is a
+# prior shift, not a loss of the features that tell the classes apart. On the sentence tasks the
+# random control is itself a large cut: each label position has few earlier positions besides its
+# own sentence, so the control blocks most of what it can read (the "\nLabel:" before it, the
+# earlier labels); the margin falls in its table show each knock-out's fall and its control's
+# separately.
+#
+# Because a layer's four heads share one key/value head, a knock-out of a layer is already
+# all-or-nothing for the information its keys and values carry; the grey bands show whether an
+# effect sits on the few global-attention layers. The vocabulary view asks a different question —
+# whether the input's identity is *present* in what the lower attention layers wrote — and can
+# agree with the knock-out on where the features arrive while the knock-out shows whether the model
+# *needs* them there. A median rank near half the vocabulary means the projection does not single
+# the token out at all: the logit lens reads shallow-layer vectors of small models poorly, so a
+# null in the vocabulary view is weaker evidence than a null in the knock-out.
 
 # %%
 save_results(
     "06_shallow_layers",
-    {"model": MODEL, "task": TASK, "n_prompts": n, "k_shallow": k_shallow, "clean_accuracy": clean.accuracy("batch"),
-     "clean_margin": margins(clean).mean().item(), "se_accuracy_difference": se_drop,
+    {"model": MODEL, "task": TASK, "n_prompts": n, "n_groups": N_GROUPS, "window_layers": k_window, "stride": stride,
+     "windows": starts, "global_layers": global_layers, "kv_heads_per_layer": info.n_kv_heads,
+     "clean_calibrated_accuracy": main.clean.accuracy("prior"), "clean_margin": main.clean.gold_logit_margin(),
      "knockout": table.to_dict(orient="records"),
+     "other_tasks": {name: window_table(r).to_dict(orient="records") for name, r in others.items()},
      "median_ranks": {f"{w} | {t}": {int(l): float(v) for l, v in r.items()} for (w, t), r in median_ranks.iterrows()},
-     "runtime_s": time.time() - start},
-    claims,
+     "knockout_s": main_seconds, "runtime_s": time.time() - start},
+    graded + headline[len(HEADLINE):],
 )
 print(f"chapter runtime: {time.time() - start:.0f} s")

@@ -1,9 +1,12 @@
 """Attention knock-out (icl_utils.knockout) on the three tiny random models."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+import icl_utils
 from icl_utils import tracing
 from icl_utils.evaluation import last_position_hidden
 from icl_utils.knockout import (
@@ -13,11 +16,13 @@ from icl_utils.knockout import (
     last_position_runs,
     last_query_pairs,
     random_pairs,
+    shared_prefix_runs,
 )
 from icl_utils.prompts import input_positions
+from icl_utils.tasks import Task
 from icl_utils.tracing import run_with_trace
 
-from conftest import all_positions
+from conftest import ANIMALS, EXTRA_WORDS, VEHICLES, all_positions
 
 
 def _no_pairs(batch):
@@ -67,8 +72,41 @@ def test_random_pairs_match_sizes_and_avoid_the_blocked_keys(batch, inputs):
         for (q, keys), (q2, keys2) in zip(row_pairs, row_control):
             assert q2 == q and len(keys2) == len(keys) == len(set(keys2))
             assert not set(keys2) & set(keys) and all(0 < k < q for k in keys2)
-    with pytest.raises(ValueError, match="other earlier positions"):
+    with pytest.raises(ValueError, match="other earlier positions in all"):
         random_pairs([[(2, [1])]])
+
+
+def _long_input_task() -> Task:
+    """Inputs of 12 words: the first demonstration's text is longer than what precedes its label."""
+    fillers = EXTRA_WORDS[8:]  # big red old the a
+    animals = [" ".join([a] + [fillers[(i + j) % len(fillers)] for j in range(11)]) for i, a in enumerate(ANIMALS)]
+    vehicles = [" ".join([v] + [fillers[(i + j) % len(fillers)] for j in range(11)]) for i, v in enumerate(VEHICLES)]
+    return Task("long_inputs", inputs=animals + vehicles, labels=["animal"] * 12 + ["vehicle"] * 12,
+                classes=["animal", "vehicle"])
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_random_pairs_carry_a_shortfall_to_later_positions(whole, bundles):
+    info = dataclasses.replace(bundles["llama"].info, max_positions=None)  # tokens only: no model runs them
+    prompts = icl_utils.build_prompts(_long_input_task(), 4, demos_per_class=2, seed=0)
+    batch = icl_utils.encode_prompts(info, prompts)
+    pairs = label_demo_pairs(batch, input_positions(info, batch), whole=whole)
+    first_q, first_keys = pairs[0][0]
+    assert len(set(range(1, first_q)) - set(first_keys)) < len(first_keys)  # the old rule raised here
+    control = random_pairs(pairs, seed=1)
+    for row, (row_pairs, row_control) in enumerate(zip(pairs, control)):
+        assert [q for q, _ in row_control] == [q for q, _ in row_pairs]
+        assert sum(len(k) for _, k in row_control) == sum(len(k) for _, k in row_pairs)
+        for (q, keys), (_, drawn) in zip(row_pairs, row_control):
+            assert len(drawn) == len(set(drawn)) and not set(drawn) & set(keys) and all(0 < k < q for k in drawn)
+        assert len(row_control[0][1]) < len(row_pairs[0][1])  # the first label took what it could ...
+        assert any(len(c) > len(k) for (_, k), (_, c) in zip(row_pairs[1:], row_control[1:]))  # later ones the rest
+    assert (blocking_mask(batch, control).sum((1, 2)) == blocking_mask(batch, pairs).sum((1, 2))).all()
+
+
+def test_random_pairs_fall_back_on_earlier_positions():
+    (row,) = random_pairs([[(10, [9]), (3, [1, 2])]], seed=0)  # position 3 has no other earlier position
+    assert row[0][0] == 10 and len(row[0][1]) == 3 and 9 not in row[0][1] and row[1] == (3, [])
 
 
 # the knock-out itself --------------------------------------------------------------------------------
@@ -185,3 +223,75 @@ def test_whole_text_pairs_cover_each_demonstration(batch, inputs):
         (q, keys), = last[row]
         assert q == int(batch.last_positions[row]) and set(inputs.query[row]) <= set(keys)
         assert keys[0] == positions[-1] + 1 and keys[-1] == q - 1
+
+
+# the cached runs over shared demonstrations ----------------------------------------------------------
+
+
+@pytest.fixture
+def group_batch(info, task):
+    """One demonstration set with six queries (their lengths differ: some inputs are two words)."""
+    (group,) = icl_utils.build_prompt_groups(task, 1, 6, demos_per_class=2, seed=0)
+    group = group[:5] + [icl_utils.prompts.render_prompt(group[0].demos, "big car", "vehicle", group[0].label_words)]
+    batch = icl_utils.encode_prompts(info, group)
+    assert batch.attention_mask.sum(1).unique().numel() > 1
+    return batch
+
+
+def _full_runs(info, batch, settings):
+    out = []
+    for layers, blocked in settings:
+        with knock_out(info, layers, blocking_mask(batch, _no_pairs(batch)) if blocked is None else blocked):
+            out.append(last_position_hidden(info, batch).float())
+    return torch.stack(out)
+
+
+def test_shared_prefix_runs_equal_full_runs(info, group_batch):
+    batch = group_batch
+    ip = input_positions(info, batch)
+    n = len(batch.prompts)
+    one = lambda pairs: blocking_mask(batch, [pairs[0]] * n)  # noqa: E731  (the demonstrations are shared)
+    demo, whole = label_demo_pairs(batch, ip), label_demo_pairs(batch, ip, whole=True)
+    settings = [((), None), ([0], one(demo)), (range(info.n_layers), one(whole)),
+                ([1], one(random_pairs(demo[:1], seed=2))), ([0, 1], one(random_pairs(whole[:1], seed=3)))]
+    fast = shared_prefix_runs(info, batch, settings, settings_per_pass=2)  # several passes
+    assert fast.shape == (len(settings), n, info.d_model)
+    torch.testing.assert_close(fast, _full_runs(info, batch, settings), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast[0], fast[2], atol=1e-3)  # the knock-out does something
+    assert not tracing.interventions(info).editors
+
+
+def test_shared_prefix_runs_refuse_what_they_cannot_replay(info, group_batch, batch):
+    ip = input_positions(info, group_batch)
+    n = len(group_batch.prompts)
+    last = blocking_mask(group_batch, last_query_pairs(group_batch, ip))
+    with pytest.raises(ValueError, match="shared demonstrations"):
+        shared_prefix_runs(info, group_batch, [([0], last)])
+    pairs = label_demo_pairs(group_batch, ip)
+    differing = blocking_mask(group_batch, [pairs[0]] + [random_pairs(pairs[:1], seed=1)[0]] * (n - 1))
+    with pytest.raises(ValueError, match="differs between prompts"):
+        shared_prefix_runs(info, group_batch, [([0], differing)])
+    with pytest.raises(ValueError, match="must have shape"):
+        shared_prefix_runs(info, group_batch, [([0], last[:2])])
+    with pytest.raises(ValueError, match="out of range"):
+        shared_prefix_runs(info, group_batch, [([info.n_layers], None)])
+
+
+def test_last_position_runs_share_the_demonstrations(info, group_batch):
+    """The shared demonstrations run once, each prompt's own tokens once: still exact."""
+    batch = group_batch
+    pairs = last_query_pairs(batch, input_positions(info, batch), whole=True)
+    settings = [((), None), ([0], blocking_mask(batch, pairs)), ([1], blocking_mask(batch, random_pairs(pairs, seed=4)))]
+    full = _full_runs(info, batch, settings)
+    torch.testing.assert_close(last_position_runs(info, batch, settings), full, atol=1e-4, rtol=1e-4)
+    # one prompt per pass, the shared tokens' cache copied for each
+    torch.testing.assert_close(last_position_runs(info, batch, settings, pack_tokens=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_last_position_runs_without_a_shared_token(info, batch, inputs):
+    other = dataclasses.replace(batch, input_ids=batch.input_ids.clone())
+    other.input_ids[0, 0] = (other.input_ids[0, 0] + 5) % info.vocab_size  # the first prompt starts differently
+    pairs = last_query_pairs(other, inputs)
+    settings = [((), None), ([1], blocking_mask(other, pairs))]
+    torch.testing.assert_close(last_position_runs(info, other, settings), _full_runs(info, other, settings),
+                               atol=1e-4, rtol=1e-4)
