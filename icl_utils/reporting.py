@@ -95,6 +95,9 @@ class GradedClaim:
         settle = ""
         if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None:
             settle = f"detectable effect {self.mde:.3f}; ~{self.units_needed} {self.spec.unit}s would settle it"
+            if self.n_units and self.units_needed > 100 * self.n_units:
+                settle = (f"detectable effect {self.mde:.3f}; the estimate sits at the smallest effect that counts, "
+                          f"so no affordable sample settles it (~{self.units_needed:.0e} {self.spec.unit}s)")
         return {
             "claim": self.spec.claim, "task": self.task, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
             "estimate": self.estimate, "interval": interval, "smallest effect": self.spec.smallest_effect,

@@ -98,3 +98,10 @@ def test_per_task_table_puts_each_task_beside_the_others():
     assert table.loc[SPEC.claim, ("words", "verdict")] == "reproduced"
     assert table.loc[SPEC.claim, ("sentences", "verdict")] == "contradicted"
     assert graded[1].row()["task"] == "sentences"
+
+
+def test_an_estimate_at_the_threshold_says_no_affordable_sample_settles_it():
+    graded = grade(SPEC, interval(0.099, -0.04, 0.24, se=0.07, n=20), "at the threshold")
+    assert graded.verdict is Verdict.INCONCLUSIVE
+    assert "no affordable sample" in graded.row()["settle"]
+    assert "would settle it" in grade(SPEC, interval(0.3, -0.01, 0.61, se=0.15, n=8), "far").row()["settle"]
