@@ -265,18 +265,17 @@ def run_with_trace(
     wanted = set(layers)
     shared, cache = 0, None
     if share_prefix and input_ids.shape[0] > 1:
-        same = (input_ids == input_ids[:1]).long().cumprod(1).sum(1)
-        shared = int(torch.minimum(same, positions.min(1).values).min())  # recorded positions stay in the replay
-    if shared:
-        from transformers import DynamicCache
+        from types import SimpleNamespace
 
-        if positional_interventions_active(info):
-            raise RuntimeError("run_with_trace(share_prefix=True) cannot be combined with an intervention at chosen "
-                               "positions: run it with share_prefix=False.")
-        cache = DynamicCache()
-        info.decoder(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True)  # before any hook
-        cache.batch_repeat_interleave(input_ids.shape[0])
-        positions = positions - shared  # where the recorded positions sit in the replayed tokens
+        from .evaluation import _refuse_positional, _shared_prefix_length, cached_prefix  # the one prefix rule
+
+        rows_ = SimpleNamespace(input_ids=input_ids.cpu(), attention_mask=attention_mask.cpu())
+        shared = min(_shared_prefix_length(rows_), int(positions.min()))  # recorded positions stay in the replay
+        if shared:
+            _refuse_positional(info)
+            cache = cached_prefix(info, input_ids[:1, :shared])  # before any hook: the prefix is not recorded
+            cache.batch_repeat_interleave(input_ids.shape[0])
+            positions = positions - shared  # where the recorded positions sit in the replayed tokens
     with ExitStack() as stack:
         specs = [(name, layer) for name in _RECORDINGS if name in record for layer in layers]
         if "resid" in record:  # the residual stream leaving the last layer: that layer's output
