@@ -119,7 +119,7 @@ RANDOM_PER_SEED = 2  # of them on each seed for the chosen fix (cycling, so each
 N_DEMO_SETS = 3  # recency: demonstration sets (the resampled unit)
 N_ORDERS = 24  # distinct random orders of each set
 N_ORDER_QUERIES = 32  # queries asked after every order
-RANDOM_PER_SET = 1  # random head sets under the recency fix, per demonstration set
+RANDOM_PER_SET = 7  # random head sets under the recency fix, per demonstration set (3 x 7 >= 20 draws)
 N_BOOTSTRAP = 2000
 SEED = 0
 
