@@ -653,7 +653,7 @@ for name in OTHER_TASKS:
 
 # %%
 def learns(scores):
-    ci = mean_interval(scores.correct("prior").numpy(), scores.demo_set, seed=SEED)
+    ci = scores.accuracy_interval("prior", seed=SEED)
     return ci, ci.low > 0.5
 
 

@@ -320,7 +320,7 @@ t0 = time.time()
 main = knockout_runs(task, N_GROUPS, QUERIES_PER_GROUP, starts, starts, [first, last])
 main_seconds = time.time() - t0
 n = len(main.clean.gold)
-learns = mean_interval(main.clean.correct("prior").numpy(), main.sets, seed=SEED)
+learns = main.clean.accuracy_interval("prior", seed=SEED)
 print(f"{TASK}: {n} prompts in {N_GROUPS} demonstration sets, {len(main.runs)} knock-out settings in {main_seconds:.0f} s; "
       f"clean calibrated accuracy {learns}, raw {main.clean.accuracy():.3f}, gold margin {main.clean.gold_logit_margin():+.3f}")
 
@@ -506,8 +506,7 @@ print(f"{len(OTHER_TASKS)} sentence tasks, {OTHER_GROUPS * OTHER_QUERIES} prompt
 
 # %%
 def grade_knockouts(result: KnockOut, names) -> list:
-    correct = result.clean.correct("prior").numpy()
-    ok = mean_interval(correct, result.sets, seed=SEED)
+    ok = result.clean.accuracy_interval("prior", seed=SEED)
     out = []
     for name in names:
         path_label, contrast = name.split(": ")

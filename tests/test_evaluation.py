@@ -226,3 +226,18 @@ def test_prior_calibration_without_a_prior_says_what_to_do():
     scores = _scores([[1.0, 0.0], [0.0, 1.0]], [0, 1])
     with pytest.raises(ValueError, match="calibrated_with"):
         scores.accuracy("prior")
+
+
+def test_accuracy_interval_resamples_demonstration_sets(info, task):
+    import icl_utils
+    from icl_utils.stats import mean_interval
+
+    prompts, calibration = icl_utils.design_prompts(task, 3, 2, demos_per_class=1, calibration_per_class=1)
+    scores = icl_utils.score_calibrated(info, prompts, calibration, progress=False, share_prefix=True, normaliser=False)
+    ci = scores.accuracy_interval("prior")
+    expected = mean_interval(scores.correct("prior").numpy(), scores.demo_set)
+    assert (ci.estimate, ci.low, ci.high, ci.n_units) == (expected.estimate, expected.low, expected.high, expected.n_units)
+    assert ci.n_units == len(set(scores.demo_set)) > 1
+    no_sets = ICLScores(scores.label_logits, scores.gold, scores.classes, scores.label_words)
+    with pytest.raises(ValueError, match="demonstration sets"):
+        no_sets.accuracy_interval()
