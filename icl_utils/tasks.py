@@ -39,21 +39,73 @@ def available_tasks() -> list:
     return sorted(p.stem for p in TASK_DIR.glob("*.jsonl"))
 
 
+PAIR_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
 def available_pair_tasks() -> list:
-    """Names of the word-pair tasks (input -> output) that ship in data/fv_tasks/."""
-    return sorted(p.stem for p in PAIR_TASK_DIR.glob("*.jsonl"))
+    """Names of the word-pair tasks (input -> output) in data/fv_tasks/: the shipped .jsonl files and
+    any .json file (Todd et al.'s format) dropped there."""
+    return sorted({p.stem for suffix in ("*.jsonl", "*.json") for p in PAIR_TASK_DIR.glob(suffix)})
 
 
 def load_pair_task(name_or_path: str, input_key: str = "input", output_key: str = "output") -> list:
-    """[(input, output), ...]: a word-pair task by shipped name ("country_capital") or file path
-    (.jsonl/.csv/.tsv with those fields), read and checked like load_task's classification files."""
+    """[(input, output), ...]: a word-pair task by name in data/fv_tasks/ ("country_capital", found as
+    .jsonl, else .json) or by file path: .jsonl/.csv/.tsv rows, or a .json file holding ONE array of
+    {"input": ..., "output": ...} objects, the format of Todd et al.'s released tasks
+    (dataset_files/abstractive/antonym.json). Non-string values (numbers) are read with str()."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = PAIR_TASK_DIR / f"{name_or_path}.jsonl"
-        if not path.exists():
+        found = [p for p in (PAIR_TASK_DIR / f"{name_or_path}{s}" for s in (".jsonl", ".json")) if p.exists()]
+        if not found:
             raise TaskFormatError(f"Unknown word-pair task '{name_or_path}'. Shipped tasks: "
-                                  f"{', '.join(available_pair_tasks())}; or pass a path to a .jsonl/.csv/.tsv file.")
-    return _read_file(path, input_key, output_key)
+                                  f"{', '.join(available_pair_tasks())}; or pass a path to a .jsonl/.json/.csv/.tsv file.")
+        path = found[0]
+    if not path.exists():
+        raise TaskFormatError(f"Task file {path} does not exist.")
+    if path.suffix not in PAIR_SUFFIXES:
+        raise TaskFormatError(f"{path}: unsupported file type; use .jsonl, .json (one array of objects), .csv or .tsv.")
+    if path.suffix == ".json":
+        return _read_json_array(path, input_key, output_key)
+    pairs = _read_file(path, input_key, output_key, row=_pair_row)
+    if not pairs:
+        raise TaskFormatError(f"{path}: no rows; a task needs input/output pairs.")
+    return pairs
+
+
+def _read_json_array(path: Path, input_key: str, output_key: str) -> list:
+    example = f'[{{"{input_key}": "hot", "{output_key}": "cold"}}, ...]'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise TaskFormatError(
+            f"{path}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno}). A .json task file "
+            f"must hold one array of objects like {example}; for one object per line use .jsonl."
+        ) from None
+    if not isinstance(data, list):
+        found = f"an object with keys {list(data)}" if isinstance(data, dict) else f"a value of type {type(data).__name__}"
+        raise TaskFormatError(f"{path}: expected one JSON array of objects like {example}, found {found}.")
+    if not data:
+        raise TaskFormatError(f"{path}: the array is empty; a task needs input/output pairs.")
+    return [_pair_row(obj, input_key, output_key, f"{path}: element {i}") for i, obj in enumerate(data)]
+
+
+def _pair_row(obj, input_key: str, output_key: str, where: str) -> tuple:
+    """One (input, output) pair; numbers become strings (str()), missing keys and empty values are refused."""
+    if not isinstance(obj, dict) or input_key not in obj or output_key not in obj:
+        keys = f"keys {list(obj)}" if isinstance(obj, dict) else f"a {type(obj).__name__}, not an object"
+        raise TaskFormatError(
+            f"{where}: expected fields '{input_key}' and '{output_key}', found {keys}. "
+            f"Rename the fields or pass input_key=/output_key=."
+        )
+    pair = []
+    for key in (input_key, output_key):
+        value = obj[key]
+        if value is None or not str(value).strip():  # None: a missing CSV cell or a JSON null
+            raise TaskFormatError(f"{where}: empty {'input' if key == input_key else 'output'} ('{key}').")
+        if not isinstance(value, (str, int, float)):
+            raise TaskFormatError(f"{where}: '{key}' must be a string or a number, found {type(value).__name__}.")
+        pair.append(str(value).strip())
+    return tuple(pair)
 
 
 def load_task(
@@ -87,7 +139,10 @@ def load_task(
     return _make_task(name, rows, classes)
 
 
-def _read_file(path: Path, input_key: str, label_key: str) -> list:
+def _read_file(path: Path, input_key: str, label_key: str, row=None) -> list:
+    """Rows of a .jsonl/.csv/.tsv file, each checked by row(obj, input_key, label_key, where)
+    (default _row: a classification example)."""
+    row = row or _row
     if not path.exists():
         raise TaskFormatError(f"Task file {path} does not exist.")
     rows = []
@@ -103,12 +158,12 @@ def _read_file(path: Path, input_key: str, label_key: str) -> list:
                         f"{path}:{lineno}: not valid JSON ({err.msg}). Each line must be an object "
                         f'like {{"{input_key}": "a text", "{label_key}": "a class"}}.'
                     ) from None
-                rows.append(_row(obj, input_key, label_key, f"{path}:{lineno}"))
+                rows.append(row(obj, input_key, label_key, f"{path}:{lineno}"))
     elif path.suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
             for lineno, obj in enumerate(reader, 2):
-                rows.append(_row(obj, input_key, label_key, f"{path}:{lineno}"))
+                rows.append(row(obj, input_key, label_key, f"{path}:{lineno}"))
     else:
         raise TaskFormatError(f"{path}: unsupported file type; use .jsonl, .csv or .tsv.")
     return rows
