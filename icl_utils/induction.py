@@ -30,54 +30,109 @@ def word_token_ids(tokenizer) -> torch.Tensor:
                          and s.strip() == s.lstrip()])
 
 
+def start_tokens(tokenizer) -> list:
+    """The special tokens the tokenizer itself puts before any text (Gemma's <bos>; none for
+    SmolLM2, whose bos_token is a chat marker it never adds): what every prompt of the book starts with."""
+    with_special = tokenizer("x")["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return list(with_special[: len(with_special) - len(plain)]) if with_special[-len(plain):] == plain else []
+
+
 def repeated_random_tokens(tokenizer, n_seqs: int, half_len: int = 50, seed: int = 0, pool=None) -> torch.Tensor:
     """(n_seqs, [1 +] 2 * half_len): [BOS,] r_1..r_N, r_1..r_N with r uniform over `pool`
-    (default word_token_ids) and no token repeated within a half. BOS only if the tokenizer has one."""
+    (default word_token_ids) and no token repeated within a half. BOS only where the tokenizer puts
+    one before text (start_tokens)."""
     pool = word_token_ids(tokenizer) if pool is None else torch.as_tensor(pool)
     if len(pool) < half_len:
         raise ValueError(f"only {len(pool)} candidate tokens for halves of {half_len}: use a shorter half_len")
     gen = torch.Generator().manual_seed(seed)
     halves = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:half_len]] for _ in range(n_seqs)])
     seqs = torch.cat([halves, halves], 1)
-    if tokenizer.bos_token_id is not None:
-        seqs = torch.cat([torch.full((n_seqs, 1), tokenizer.bos_token_id), seqs], 1)
+    start = start_tokens(tokenizer)
+    if start:
+        seqs = torch.cat([torch.tensor(start).expand(n_seqs, -1), seqs], 1)
     return seqs
 
 
-def induction_scores(info: ModelInfo, seqs: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """(n_layers, n_heads): mean attention from each second-half token to the token after its
-    first-half copy (positions t -> t - half_len + 1), over all second-half tokens and sequences."""
+def induction_scores(info: ModelInfo, seqs: torch.Tensor, batch_size: int = 8, measure: str = "diagonal") -> torch.Tensor:
+    """(n_layers, n_heads) induction score of every head on `seqs` (repeated_random_tokens).
+
+    measure="diagonal" (the book's): mean attention from each second-half token to the token after
+    its first-half copy (positions t -> t - half_len + 1), over all second-half tokens and sequences.
+    measure="share" (Yin & Steinhardt's released code): the share of all attention, from every
+    position, that lands on induction targets (any earlier position j whose previous token equals
+    the current token); at most about half_len / length, since first-half tokens have no target.
+    See induction_measures for both from one pass."""
+    if measure not in ("diagonal", "share"):
+        raise ValueError(f"measure must be 'diagonal' or 'share', not {measure!r}")
+    return induction_measures(info, seqs, batch_size)[measure]
+
+
+def induction_targets(seqs: torch.Tensor) -> torch.Tensor:
+    """(n_seqs, length, length) bool: key j is an induction target of query t when j <= t and the
+    token before j equals the token at t (the detection pattern of the reference code)."""
+    n, length = seqs.shape
+    same = seqs[:, :, None] == seqs[:, None, :]  # [b, t, i]: token t equals token i
+    targets = torch.zeros(n, length, length, dtype=torch.bool)
+    targets[:, :, 1:] = same[:, :, :-1]  # key j = i + 1 follows an occurrence i of token t
+    earlier = torch.ones(length, length, dtype=torch.bool).tril(-1)  # the occurrence i < t, so j <= t
+    targets[:, :, 1:] &= earlier[:, :-1]
+    return targets
+
+
+def induction_measures(info: ModelInfo, seqs: torch.Tensor, batch_size: int = 8) -> dict:
+    """Both induction scores from one traced pass per batch: {"diagonal": ..., "share": ...}, each
+    (n_layers, n_heads) (see induction_scores)."""
     n, length = seqs.shape
     half = (length - (length % 2)) // 2  # a leading BOS makes the length odd
     offset = length - 2 * half  # 1 with BOS, 0 without
     queries = torch.arange(offset + half, length)
-    targets = queries - half + 1
-    total = torch.zeros(info.n_layers, info.n_heads)
+    diagonal_keys = queries - half + 1
+    diagonal = torch.zeros(info.n_layers, info.n_heads)
+    share = torch.zeros(info.n_layers, info.n_heads)
     for start in range(0, n, batch_size):
         chunk = seqs[start : start + batch_size]
-        trace = run_with_trace(info, chunk, torch.ones_like(chunk), queries.expand(len(chunk), -1), record=("attn",))
+        targets = induction_targets(chunk).float()
+        every = torch.arange(length).expand(len(chunk), -1)
+        trace = run_with_trace(info, chunk, torch.ones_like(chunk), every, record=("attn",))
         for layer in range(info.n_layers):
-            attn = trace.attn[layer].float()  # (batch, heads, n_queries, seq)
-            total[layer] += attn[:, :, torch.arange(len(queries)), targets].mean(-1).sum(0)
-    return total / n
+            attn = trace.attn[layer].float().cpu()  # (batch, heads, length, length)
+            diagonal[layer] += attn[:, :, queries, diagonal_keys].mean(-1).sum(0)
+            share[layer] += (attn * targets[:, None]).sum((-1, -2)).sum(0) / length  # rows sum to 1
+    return {"diagonal": diagonal / n, "share": share / n}
 
 
 # ----------------------------------------------------------------------------------------------
 # Natural text and the token-loss difference
 
 
-def text_sequences(tokenizer, n_tokens: int, path=None) -> torch.Tensor:
-    """Cut a text file (default: every .txt in data/text/, in name order) into consecutive
-    sequences of n_tokens tokens ([BOS] + n_tokens - 1 text tokens where there is a BOS).
-    Returns (n_seqs, n_tokens); refuses a text too short for one sequence."""
+def text_sequences(tokenizer, n_tokens: int, path=None, n_seqs: int | None = None) -> torch.Tensor:
+    """Cut natural text into consecutive sequences of n_tokens tokens ([BOS] + n_tokens - 1 text
+    tokens where the tokenizer puts a BOS before text: start_tokens). The text is one file (`path`) or, by default, every .txt
+    in data/text/ in name order, joined with blank lines (a sequence may run from one document into
+    the next). Returns (n_seqs, n_tokens): the first `n_seqs` sequences, or all of them when n_seqs
+    is None. Refuses a text too short for one sequence, or for n_seqs of them."""
     files = [Path(path)] if path is not None else sorted(TEXT_DIR.glob("*.txt"))
+    if not files:
+        raise ValueError(f"no .txt files in {TEXT_DIR}")
     text = "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = start_tokens(tokenizer)
     step = n_tokens - len(bos)
-    if len(ids) < step:
+    if step < 1:
+        raise ValueError(f"n_tokens={n_tokens} leaves no room for text after the BOS token")
+    available = len(ids) // step
+    if available == 0:
         raise ValueError(f"the text has {len(ids)} tokens; a sequence needs {step}: use a smaller n_tokens or more text")
-    return torch.tensor([bos + ids[i : i + step] for i in range(0, len(ids) - step + 1, step)])
+    if n_seqs is not None and n_seqs < 1:
+        raise ValueError(f"n_seqs must be at least 1, not {n_seqs}")
+    if n_seqs is not None and n_seqs > available:
+        raise ValueError(
+            f"asked for {n_seqs} sequences of {n_tokens} tokens but the text ({len(ids)} tokens in "
+            f"{', '.join(f.name for f in files)}) holds only {available}: ask for fewer or shorter sequences, or add text"
+        )
+    n = available if n_seqs is None else n_seqs
+    return torch.tensor([bos + ids[i * step : (i + 1) * step] for i in range(n)])
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import icl_utils as iu
+from icl_utils import induction
 
 pytestmark = pytest.mark.embedded
 
@@ -56,3 +57,8 @@ def test_recording_attention_matches_sdpa(info):
         finally:
             iu.tracing.use_recording_attention(info.model)
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
+
+
+def test_shipped_text_gives_enough_sequences_for_chapter_8(info):
+    seqs = induction.text_sequences(info.tokenizer, 512, n_seqs=45)
+    assert seqs.shape == (45, 512)

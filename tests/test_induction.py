@@ -39,6 +39,26 @@ def test_induction_scores_by_hand(info, tokenizer):
         assert abs(scores[layer, head].item() - by_hand.item()) < 1e-5
 
 
+def test_the_share_measure_counts_every_induction_target_over_all_positions(info, tokenizer):
+    seqs = _seqs(tokenizer)
+    measures = induction.induction_measures(info, seqs, batch_size=2)
+    length = seqs.shape[1]
+    trace = run_with_trace(info, seqs, torch.ones_like(seqs), torch.arange(length).expand(len(seqs), -1), record=("attn",))
+    for layer, head in [(0, 1), (1, 3)]:
+        attn = trace.attn[layer][:, head]
+        by_hand = 0.0
+        for b in range(len(seqs)):
+            for t in range(length):
+                by_hand += sum(attn[b, t, j].item() for j in range(1, t + 1) if seqs[b, j - 1] == seqs[b, t] and j - 1 < t)
+        assert abs(measures["share"][layer, head].item() - by_hand / (len(seqs) * length)) < 1e-5
+    # no token repeats within a half, so the only targets are the diagonal's: the share is the
+    # diagonal mean times the share of positions in the second half
+    torch.testing.assert_close(measures["share"], measures["diagonal"] * HALF / length, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(induction.induction_scores(info, seqs, measure="share"), measures["share"])
+    with pytest.raises(ValueError, match="diagonal"):
+        induction.induction_scores(info, seqs, measure="offset")
+
+
 def test_a_head_forced_to_induct_scores_one(info, tokenizer):
     seqs = _seqs(tokenizer)
     length = seqs.shape[1]
@@ -81,3 +101,33 @@ def test_text_sequences(tokenizer, tmp_path):
     assert seqs.shape == (60 // step, 10)
     with pytest.raises(ValueError, match="smaller n_tokens"):
         induction.text_sequences(tokenizer, 1000, path)
+
+
+def test_text_sequences_gives_exactly_n_seqs_or_refuses(tokenizer, tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(" ".join(["dog cat cow"] * 20))
+    everything = induction.text_sequences(tokenizer, 10, path)
+    first = induction.text_sequences(tokenizer, 10, path, n_seqs=2)
+    assert torch.equal(first, everything[:2])
+    with pytest.raises(ValueError, match=f"asked for {len(everything) + 1} sequences .* holds only {len(everything)}"):
+        induction.text_sequences(tokenizer, 10, path, n_seqs=len(everything) + 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        induction.text_sequences(tokenizer, 10, path, n_seqs=0)
+
+
+class _WordTokenizer:
+    """One token per whitespace-separated word: a lower bound on what a subword tokenizer makes."""
+
+    bos_token_id = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [hash(word) % 1000 for word in text.split()]}
+
+
+def test_shipped_text_gives_forty_sequences_of_512_tokens():
+    # Chapter 8 needs >= 40 sequences of 512 tokens; any subword tokenizer makes at least one token
+    # per word, so 40 sequences of 512 words guarantee it (the real tokenizers: test_embedded_models).
+    assert len(induction.text_sequences(_WordTokenizer(), 512)) >= 40
+    readme = (induction.TEXT_DIR / "README.md").read_text(encoding="utf-8")
+    for f in induction.TEXT_DIR.glob("*.txt"):
+        assert f"`{f.name}`" in readme, f"{f.name} has no source and licence in data/text/README.md"
