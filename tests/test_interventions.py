@@ -235,7 +235,8 @@ def test_edit_returning_none_changes_nothing(info, batch):
     clean = _logits(info.model, batch)
     with edit_attention(info, lambda layer, weights, query, key: None):
         same = _logits(info.model, batch)
-    torch.testing.assert_close(same, clean, atol=0, rtol=0)
+    # the clean run takes the fused attention kernel, an active editor the eager path: equal to rounding
+    torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-5)
 
 
 def test_edit_attention_on_plain_sdpa_model_raises(bundles, tokenizer):

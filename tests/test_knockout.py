@@ -154,7 +154,8 @@ def test_nothing_blocked_gives_the_clean_run(info, batch):
     clean = last_position_hidden(info, batch)
     with knock_out(info, range(info.n_layers), blocking_mask(batch, _no_pairs(batch))):
         same = last_position_hidden(info, batch)
-    torch.testing.assert_close(same, clean, atol=0, rtol=0)
+    # the clean run takes the fused attention kernel, a knock-out the eager path: equal to rounding
+    torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-5)
 
 
 def test_knock_out_checks_its_input(info, batch, inputs):
