@@ -15,6 +15,11 @@ reason), the control or null, the resampling unit and the precondition. After th
   nothing for an ablation to destroy);
 * differs: a stated structural reason makes the book's setting unlike the paper's.
 
+A claim that two things are *alike* (e.g. "ablating these heads does about as much as ablating
+random ones") is declared with direction "equivalent": the smallest effect that counts is then the
+margin of an equivalence test. Reproduced: the whole interval lies inside (-margin, +margin) around
+the null; contradicted: the whole interval lies outside it; otherwise inconclusive.
+
 No chapter writes a verdict by hand. Chapters not yet moved to this standard still save `Claim`
 rows (a hand-written verdict); the reproduction table shows them as "not graded".
 """
@@ -42,7 +47,7 @@ class Verdict(str, Enum):
         return self.value
 
 
-DIRECTIONS = {"increase": 1.0, "decrease": -1.0}
+DIRECTIONS = {"increase": 1.0, "decrease": -1.0, "equivalent": 0.0}
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,9 @@ class ClaimSpec:
     claim: str  # what the paper says, in one line
     paper: str  # the paper's figure, with its setting (model, data)
     metric: str  # what the book computes, and its unit
-    direction: str  # "increase" or "decrease": the paper's direction of the metric (relative to `null`)
-    smallest_effect: float  # > 0, in the metric's units: an effect below this does not count
+    direction: str  # "increase" or "decrease": the paper's direction of the metric (relative to `null`);
+    # "equivalent": the paper says the metric is close to `null` (an equivalence test)
+    smallest_effect: float  # > 0, in the metric's units: an effect below this does not count (equivalent: the margin)
     smallest_effect_reason: str  # why that size
     control: str  # the control or null distribution the estimate is compared with
     unit: str  # what the interval resamples (demonstration sets, seeds, prompts)
@@ -68,7 +74,8 @@ class ClaimSpec:
 
     def declaration(self) -> dict:
         return {"claim": self.claim, "paper": self.paper, "metric": self.metric,
-                "paper's direction": f"{self.direction} from {self.null:g}",
+                "paper's direction": (f"within ±{self.smallest_effect:g} of {self.null:g}" if self.direction == "equivalent"
+                                      else f"{self.direction} from {self.null:g}"),
                 "smallest effect that counts": f"{self.smallest_effect:g} ({self.smallest_effect_reason})",
                 "control / null": self.control, "resampled unit": self.unit,
                 "precondition": self.precondition or "none"}
@@ -126,6 +133,8 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
         graded.reason = reason or (f"precondition fails: {spec.precondition}" if not precondition_met
                                    else "could not be measured")
         return graded
+    if spec.direction == "equivalent":
+        return _grade_equivalence(spec, interval, graded)
     sign = DIRECTIONS[spec.direction]
     effect = sign * (interval.estimate - spec.null)
     low, high = sorted((sign * (interval.low - spec.null), sign * (interval.high - spec.null)))
@@ -137,6 +146,26 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
         graded.verdict = Verdict.INCONCLUSIVE
         graded.mde = minimum_detectable_effect(interval.se, interval.confidence)
         graded.units_needed = units_to_settle(interval.se, interval.n_units, effect, spec.smallest_effect, interval.confidence)
+    return graded
+
+
+def _grade_equivalence(spec: ClaimSpec, interval: Interval, graded: GradedClaim) -> GradedClaim:
+    """Equivalence test (two one-sided tests at the interval's confidence): the interval inside the
+    margin reproduces the claim, entirely outside it contradicts it."""
+    margin = spec.smallest_effect
+    low, high = interval.low - spec.null, interval.high - spec.null
+    if -margin < low and high < margin:
+        graded.verdict = Verdict.REPRODUCED
+    elif low >= margin or high <= -margin:
+        graded.verdict = Verdict.CONTRADICTED
+    else:
+        graded.verdict = Verdict.INCONCLUSIVE
+        graded.mde = minimum_detectable_effect(interval.se, interval.confidence)
+        # units at which an interval around this estimate would fit inside (or outside) the margin:
+        # its half-width must shrink below the estimate's distance to the margin
+        distance = abs(margin - abs(interval.estimate - spec.null))
+        graded.units_needed = units_to_settle(interval.se, interval.n_units, margin - distance, margin,
+                                              interval.confidence)
     return graded
 
 

@@ -8,6 +8,8 @@ every prompt of a set kept together; an interval over training runs resamples se
 * `cluster_bootstrap(statistic, clusters)`: a percentile bootstrap over clusters of rows, for any
   statistic of the rows (a mean, a paired difference, an AUC, a rank correlation...).
 * `mean_interval`, `paired_difference`: the two statistics most claims need.
+* `difference_from_random(treated, random_draws, clusters)`: a chosen intervention minus random
+  ones (>= 20 draws) on the same rows, resampling rows and draws.
 * `percentile_of(value, null)`: where a value falls among draws of a null (e.g. random heads).
 * `minimum_detectable_effect`, `units_to_settle`: what a design could have detected, and the number
   of units (demonstration sets, seeds) at which an interval around the current estimate would
@@ -113,6 +115,38 @@ def paired_difference(treated, control, clusters, **kwargs) -> Interval:
     if treated.shape != control.shape:
         raise ValueError(f"paired values must have one shape; got {treated.shape} and {control.shape}")
     return mean_interval(treated - control, clusters, **kwargs)
+
+
+def difference_from_random(treated, random_draws, clusters, n_resamples: int = N_RESAMPLES,
+                           confidence: float = CONFIDENCE, seed: int = 0, unit: str = "demonstration set") -> Interval:
+    """Mean of `treated` (n_rows,) minus the mean of `random_draws` (n_rows, n_draws): a chosen
+    intervention against random ones (e.g. random head sets) on the same rows. Two-way bootstrap:
+    clusters of rows and random draws are resampled independently, so the interval carries both the
+    rows' sampling error and which random sets happened to be drawn."""
+    treated, random_draws = _as_array(treated), _as_array(random_draws)
+    if random_draws.ndim != 2 or random_draws.shape[0] != len(treated):
+        raise ValueError(f"random_draws must be (n_rows, n_draws) with n_rows = {len(treated)}; got {random_draws.shape}")
+    if random_draws.shape[1] < 2:
+        raise ValueError("an interval against random draws needs at least two draws (the book uses >= 20)")
+    labels = np.asarray(clusters)
+    if len(labels) != len(treated):
+        raise ValueError(f"{len(treated)} rows but {len(labels)} cluster labels")
+    _, cluster_of = np.unique(labels, return_inverse=True)
+    n_clusters, n_draws = cluster_of.max() + 1, random_draws.shape[1]
+    if n_clusters < 2:
+        raise ValueError(f"An interval needs at least two independent {unit}s; got {n_clusters}.")
+    rows_in = np.bincount(cluster_of, minlength=n_clusters).astype(float)
+    treated_sum = np.bincount(cluster_of, treated, minlength=n_clusters)
+    random_sum = np.stack([np.bincount(cluster_of, random_draws[:, j], minlength=n_clusters) for j in range(n_draws)], 1)
+    rng = np.random.default_rng(seed)
+    cluster_weight = np.zeros((n_resamples, n_clusters))
+    np.add.at(cluster_weight, (np.arange(n_resamples)[:, None], rng.integers(n_clusters, size=(n_resamples, n_clusters))), 1)
+    draw_weight = np.zeros((n_resamples, n_draws))
+    np.add.at(draw_weight, (np.arange(n_resamples)[:, None], rng.integers(n_draws, size=(n_resamples, n_draws))), 1)
+    rows = cluster_weight @ rows_in
+    draws = (cluster_weight @ treated_sum) / rows - np.einsum("rc,cd,rd->r", cluster_weight, random_sum, draw_weight) / (rows * n_draws)
+    estimate = treated.mean() - random_draws.mean()
+    return interval_from_draws(estimate, draws, int(n_clusters), unit, confidence)
 
 
 def percentile_of(value: float, null) -> float:

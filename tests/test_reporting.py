@@ -45,6 +45,22 @@ def test_a_decrease_claim_mirrors_the_rule():
     assert grade(spec, interval(0.55, 0.45, 0.65), "x").verdict is Verdict.CONTRADICTED
 
 
+@pytest.mark.parametrize("est, low, high, expected", [
+    (0.01, -0.03, 0.04, Verdict.REPRODUCED),  # the whole interval inside the +-0.05 margin
+    (-0.12, -0.20, -0.06, Verdict.CONTRADICTED),  # the whole interval below -0.05
+    (0.09, 0.06, 0.12, Verdict.CONTRADICTED),  # the whole interval above +0.05
+    (0.02, -0.04, 0.08, Verdict.INCONCLUSIVE),  # straddles the margin
+])
+def test_an_equivalence_claim_needs_its_interval_inside_the_margin(est, low, high, expected):
+    spec = ClaimSpec(**{**SPEC.__dict__, "direction": "equivalent", "smallest_effect": 0.05})
+    graded = grade(spec, interval(est, low, high), "x")
+    assert graded.verdict is expected
+    assert "within ±0.05" in spec.declaration()["paper's direction"]
+    if expected is Verdict.INCONCLUSIVE:
+        # the half-width must shrink below the distance from 0.02 to the margin, 0.03
+        assert graded.units_needed == math.ceil(8 * (1.959964 * 0.05 / 0.03) ** 2)
+
+
 def test_failed_precondition_is_not_testable_even_for_a_large_effect():
     graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", precondition_met=False)
     assert graded.verdict is Verdict.NOT_TESTABLE and "precondition" in graded.reason

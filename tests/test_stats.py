@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from icl_utils.stats import (auc, cluster_bootstrap, mean_interval, minimum_detectable_effect, paired_difference,
+from icl_utils.stats import (auc, cluster_bootstrap, difference_from_random, mean_interval, minimum_detectable_effect, paired_difference,
                              pearson, percentile_of, spearman)
 
 
@@ -113,3 +113,22 @@ def test_grouped_auc_matches_auc_group_by_group():
     expected = [auc(s[p], s[~p]) for s, p in zip(scores, positive)]
     np.testing.assert_allclose(grouped_auc(scores, positive), expected)
     assert np.isnan(grouped_auc(scores[:1], np.ones((1, 8), bool)))[0]  # no negatives: undefined, not 0
+
+
+def test_difference_from_random_carries_the_spread_of_the_random_draws():
+    rng = np.random.default_rng(0)
+    rows = 200
+    treated = rng.normal(0.5, 0.1, rows)
+    alike = rng.normal(0.5, 0.1, (rows, 20))  # draws that agree with each other
+    spread = alike + rng.normal(0, 0.3, 20)  # draws that disagree: the same rows, each draw shifted
+    narrow = difference_from_random(treated, alike, np.arange(rows))
+    wide = difference_from_random(treated, spread, np.arange(rows))
+    assert narrow.estimate == pytest.approx(treated.mean() - alike.mean())
+    assert narrow.low < narrow.estimate < narrow.high
+    # the shift of each draw has a standard error of about 0.3 / sqrt(20) = 0.067
+    assert wide.high - wide.low > 3 * (narrow.high - narrow.low)
+    assert 0.05 < wide.se < 0.09
+    with pytest.raises(ValueError, match="at least two draws"):
+        difference_from_random(treated, alike[:, :1], np.arange(rows))
+    with pytest.raises(ValueError, match="n_rows"):
+        difference_from_random(treated, alike[:10], np.arange(rows))
