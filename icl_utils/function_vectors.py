@@ -12,6 +12,7 @@ intervention (`last_token_logits` inside `tracing.set_heads` or `tracing.add_to_
 """
 from __future__ import annotations
 
+import copy
 import random
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .attribution import frozen_norm
 from .evaluation import cached_prefix, replay
-from .prompts import PromptFormat, pad_right
+from .knockout import packed_step
+from .prompts import PromptFormat, _stable_rank, pad_right
 from .tracing import _per_layer, add_to_residual, run_with_trace, set_heads
 from .models import ModelInfo
 
@@ -31,6 +33,23 @@ from .models import ModelInfo
 
 QA = PromptFormat("Q: ", "\nA:", "\n\n")  # Todd et al.'s format: "Q: x\nA: y"
 ARROW = PromptFormat("", " ->", "\n")  # "x -> y", one demonstration per line
+
+
+POOLS = ("scoring", "evaluation")
+
+
+def pair_pools(pairs: list, evaluation_share: float = 0.4) -> dict:
+    """{"scoring": [...], "evaluation": [...]}: a task's pairs split once, by a hash of each input's
+    text (not by any seed), so whatever scores heads (mean outputs, patched prompts, choices of
+    format and layer) never sees an evaluation query or demonstration. evaluation_share of the
+    pairs (rounded) go to evaluation."""
+    if not 0 < evaluation_share < 1:
+        raise ValueError(f"evaluation_share must be between 0 and 1, not {evaluation_share}")
+    ordered = sorted(pairs, key=lambda pair: _stable_rank(pair[0]))
+    n_eval = round(len(ordered) * evaluation_share)
+    if n_eval < 2 or len(ordered) - n_eval < 2:
+        raise ValueError(f"{len(pairs)} pairs are too few to split into scoring and evaluation pools")
+    return {"scoring": ordered[n_eval:], "evaluation": ordered[:n_eval]}
 
 
 @dataclass
@@ -134,7 +153,11 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
     """For every prompt and every row of heads (see tracing.set_heads; [] = no intervention),
     the answer's probability and whether it is the top token, with the heads set to `values` at the
     last position. values: (n_layers, n_heads, d_head), or a function prompt -> such a tensor (e.g.
-    the means of the prompt's own task). Returns (prob, correct), each (n_prompts, n_rows)."""
+    the means of the prompt's own task). Returns (prob, correct), each (n_prompts, n_rows).
+
+    Per prompt, the tokens before the last run once; the rows' copies of the last token are then
+    packed side by side in one sequence after them (knockout.packed_step), each reading the prompt
+    and itself, so the cached keys and values are read once rather than copied per row."""
     answers = answer_ids(info.tokenizer, prompts)
     probs = torch.zeros(len(prompts), len(row_heads))
     correct = torch.zeros(len(prompts), len(row_heads), dtype=torch.bool)
@@ -144,10 +167,13 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
         v = values(p) if callable(values) else values
         for start in range(0, len(row_heads), max_rows):
             rows = row_heads[start : start + max_rows]
-            with set_heads(info, rows, values=v):
-                logits = last_token_logits(info, ids, len(rows), cache)
-            probs[i, start : start + len(rows)] = torch.softmax(logits, -1)[:, answers[i]].cpu()
-            correct[i, start : start + len(rows)] = (logits.argmax(-1) == answers[i]).cpu()
+            n = len(rows)
+            with set_heads(info, rows, values=v, per_position=True):
+                hidden = packed_step(info, copy.deepcopy(cache), ids[-1:].expand(1, n), torch.full((1, n), len(ids) - 1),
+                                     torch.eye(n, dtype=torch.bool))[0]
+            logits = info.logits_from_final_hidden(hidden).float()
+            probs[i, start : start + n] = torch.softmax(logits, -1)[:, answers[i]].cpu()
+            correct[i, start : start + n] = (logits.argmax(-1) == answers[i]).cpu()
     return probs, correct
 
 
@@ -160,40 +186,39 @@ def fv_scores_exact(info: ModelInfo, corrupted: list, values, max_rows: int = 12
 
 
 def fv_scores_attribution(info: ModelInfo, corrupted: list, values, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
-    """Attribution patching: the first-order estimate of fv_scores_exact from one forward and one
-    backward pass per batch, grad of p(answer) w.r.t. each head's last-token output times
-    (mean - corrupted output). (n_prompts, n_layers, n_heads)."""
+    """Attribution patching: the first-order estimate of fv_scores_exact, grad of p(answer) w.r.t.
+    each head's last-token output times (mean - corrupted output). (n_prompts, n_layers, n_heads).
+
+    Each prompt's other tokens run once without autograd (their keys and values cached, as in
+    patched_answers); only the last token runs with gradients, so a prompt costs about one forward
+    pass. batch_size is kept for callers of the batched version and no longer used."""
+    del batch_size
     answers = answer_ids(info.tokenizer, corrupted)
     out = []
-    for start in tqdm(range(0, len(corrupted), batch_size), desc="attribution patching", disable=not progress, leave=False):
-        chunk = corrupted[start : start + batch_size]
-        ids, mask, last = encode_texts(info, [p.text for p in chunk])
-        rows = torch.arange(len(chunk))
+    for i, p in enumerate(tqdm(corrupted, desc="attribution patching", disable=not progress, leave=False)):
+        ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
+        cache = prefix_cache(info, ids)
         deltas, seen = {}, {}
 
         def make_hook(layer):
             def hook(module, args):
-                x = args[0].clone()
-                seen[layer] = x[rows, last.to(x.device)].detach()
+                seen[layer] = args[0][0, -1].detach()
                 deltas[layer] = torch.zeros_like(seen[layer], requires_grad=True)
-                x[rows, last.to(x.device)] = x[rows, last.to(x.device)] + deltas[layer]
-                return (x,) + tuple(args[1:])
+                return (args[0] + deltas[layer],) + tuple(args[1:])
             return hook
 
         with ExitStack() as stack, torch.enable_grad():
             for layer in range(info.n_layers):
                 stack.callback(info.out_projs[layer].register_forward_pre_hook(make_hook(layer)).remove)
-            hidden = info.decoder(input_ids=ids.to(info.device), attention_mask=mask.to(info.device), use_cache=False).last_hidden_state
-            logits = info.logits_from_final_hidden(hidden[rows, last.to(hidden.device)]).float()
-            prob = torch.softmax(logits, -1)[rows, answers[start : start + len(chunk)].to(logits.device)]
-            grads = torch.autograd.grad(prob.sum(), [deltas[l] for l in range(info.n_layers)])
-        for b, p in enumerate(chunk):
-            v = values(p) if callable(values) else values
-            score = torch.stack([
-                ((v[l].to(grads[l].device) - seen[l][b].view(info.n_heads, info.d_head).float())
-                 * grads[l][b].view(info.n_heads, info.d_head).float()).sum(-1)
-                for l in range(info.n_layers)])
-            out.append(score.cpu())
+            hidden = info.decoder(input_ids=ids[None, -1:].to(info.device), past_key_values=cache, use_cache=True).last_hidden_state
+            logits = info.logits_from_final_hidden(hidden[:, -1]).float()
+            prob = torch.softmax(logits, -1)[0, answers[i]]
+            grads = torch.autograd.grad(prob, [deltas[l] for l in range(info.n_layers)])
+        v = values(p) if callable(values) else values
+        out.append(torch.stack([
+            ((v[l].to(grads[l].device).float() - seen[l].view(info.n_heads, info.d_head).float())
+             * grads[l].view(info.n_heads, info.d_head).float()).sum(-1)
+            for l in range(info.n_layers)]).cpu())
     return torch.stack(out)
 
 

@@ -21,7 +21,7 @@ Two exact shortcuts make many knock-outs cheap (causal attention: no position re
   demonstrations run once per knock-out (keys and values cached) and every query is replayed on
   that cache with nothing to edit.
 
-Both replay their tokens packed side by side after the cached keys and values (`_packed_step`:
+Both replay their tokens packed side by side after the cached keys and values (`packed_step`:
 several continuations in one sequence, each at its own positions and seeing only its own prompt),
 so the cache is read once per pass instead of copied once per setting or query.
 """
@@ -179,7 +179,7 @@ def _sliding_windows(info: ModelInfo) -> dict:
 
 
 @torch.no_grad()
-def _packed_step(info: ModelInfo, cache, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor,
+def packed_step(info: ModelInfo, cache, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor,
                  blocks: dict | None = None) -> torch.Tensor:
     """Several independent continuations of a cached prefix, packed into one sequence per row.
 
@@ -216,7 +216,7 @@ def last_position_runs(info: ModelInfo, batch, settings: list, pack_tokens: int 
     settings: a list of (layers, blocked), blocked a (batch, seq, seq) mask as for knock_out that
     blocks only rows at each prompt's last position (or None for the clean run). Exact and cheap:
     the tokens all prompts share (e.g. the demonstrations of one build_prompt_groups group) run
-    once; then, packed side by side after them (_packed_step, about pack_tokens new tokens per
+    once; then, packed side by side after them (packed_step, about pack_tokens new tokens per
     pass), each prompt's own tokens but the last, and its last token once per setting, each copy
     seeing its own prompt and itself. Unembed with info.logits_from_final_hidden.
     """
@@ -268,7 +268,7 @@ def last_position_runs(info: ModelInfo, batch, settings: list, pack_tokens: int 
                     blocks[layer][0, stop + i, :shared] = keys[:shared]
                     blocks[layer][0, stop + i, shared + start : shared + stop] = keys[shared:]
         cache = _empty_cache() if prefix is None else copy.deepcopy(prefix) if len(packs) > 1 else prefix
-        hidden = _packed_step(info, cache, ids[None], positions[None], visible, blocks)[0]
+        hidden = packed_step(info, cache, ids[None], positions[None], visible, blocks)[0]
         for row in pack:
             stop = slots[row][1]
             out[:, row] = hidden[stop : stop + n_settings].float().cpu()
@@ -291,7 +291,7 @@ def shared_prefix_runs(info: ModelInfo, batch, settings: list, settings_per_pass
     for every prompt, with every blocked row and key among the tokens all prompts share (or None:
     the clean run). Exact and cheap: the shared tokens run once per setting under its knock-out (one
     row each, settings_per_pass rows per pass, keys and values cached), then every prompt's own
-    tokens, packed side by side after each setting's cache (_packed_step), with nothing left to edit.
+    tokens, packed side by side after each setting's cache (packed_step), with nothing left to edit.
     """
     n, seq = batch.input_ids.shape
     shared = _shared_prefix_length(batch)
@@ -338,6 +338,6 @@ def shared_prefix_runs(info: ModelInfo, batch, settings: list, settings_per_pass
                 masks[layer][i] = prefix_masks[s]
         with _knock_out_rows(info, masks):
             cache = cached_prefix(info, batch.input_ids[:1, :shared].expand(len(chunk), -1))
-        hidden = _packed_step(info, cache, ids.expand(len(chunk), -1), positions.expand(len(chunk), -1), visible)
+        hidden = packed_step(info, cache, ids.expand(len(chunk), -1), positions.expand(len(chunk), -1), visible)
         out[chunk] = hidden[:, last.to(hidden.device)].float().cpu()
     return out

@@ -352,7 +352,7 @@ def _layer_values(info: ModelInfo, values, layer: int, heads: list, like: torch.
 
 @contextmanager
 def set_heads(info: ModelInfo, row_heads: list[list[Head]] | None = None, heads: list[Head] | None = None, values=None,
-              positions=None):
+              positions=None, per_position: bool = False):
     """Replace heads' outputs (before the output projection) with zeros or given values: the one
     mechanism behind every head ablation and patch in the book.
 
@@ -362,7 +362,11 @@ def set_heads(info: ModelInfo, row_heads: list[list[Head]] | None = None, heads:
     values: None to zero the heads, or a (n_layers, n_heads, d_head) tensor or a
     {(layer, head): (d_head,)} dict (e.g. mean outputs) to write instead.
     positions: None for every position, or a LongTensor of per-row positions, (batch,) or (batch, n_pos).
+    per_position: row_heads[i] applies to sequence position i of every batch row instead of to
+    batch row i (for continuations packed side by side in one sequence, knockout.packed_step).
     """
+    if per_position and (row_heads is None or positions is not None):
+        raise ValueError("per_position=True needs row_heads (one list per position) and no positions")
     chosen: dict = {}  # layer -> [(row or None, head)]
     if row_heads is None:
         for layer, hs in _per_layer(info, heads if heads is not None else []).items():
@@ -378,13 +382,16 @@ def set_heads(info: ModelInfo, row_heads: list[list[Head]] | None = None, heads:
         def hook(module, args):
             x = args[0]
             batch, seq = x.shape[:2]
-            if row_heads is not None and batch != len(row_heads):
-                raise ValueError(f"{len(row_heads)} rows of heads were given but the batch has {batch} rows")
+            if row_heads is not None and (seq if per_position else batch) != len(row_heads):
+                raise ValueError(f"{len(row_heads)} rows of heads were given but the batch has "
+                                 f"{f'{seq} positions' if per_position else f'{batch} rows'}")
             x = x.view(batch, seq, info.n_heads, info.d_head)
-            head_mask = torch.zeros(batch, info.n_heads, dtype=torch.bool, device=x.device)
+            head_mask = torch.zeros(seq if per_position else batch, info.n_heads, dtype=torch.bool, device=x.device)
             for row, h in pairs:
                 head_mask[slice(None) if row is None else row, h] = True
-            if positions is None:
+            if per_position:
+                where = head_mask[None].expand(batch, seq, info.n_heads)
+            elif positions is None:
                 where = head_mask[:, None, :].expand(batch, seq, info.n_heads)
             else:
                 pos = torch.as_tensor(positions, device=x.device)

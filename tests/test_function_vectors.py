@@ -67,6 +67,17 @@ def test_bad_requests_and_task_files(tmp_path):
         load_pair_task("no_such_task")
 
 
+def test_pair_pools_are_disjoint_fixed_by_the_data_and_refuse_tiny_tasks():
+    pools = fv.pair_pools(PAIRS, evaluation_share=0.4)
+    assert len(pools["evaluation"]) == round(0.4 * len(PAIRS))
+    assert sorted(pools["scoring"] + pools["evaluation"]) == sorted(PAIRS)
+    assert fv.pair_pools(list(reversed(PAIRS))) == pools  # the order of the file does not matter
+    with pytest.raises(ValueError, match="too few"):
+        fv.pair_pools(PAIRS[:3])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fv.pair_pools(PAIRS, evaluation_share=1.0)
+
+
 def test_shipped_tasks_are_well_formed():
     names = available_pair_tasks()
     assert len(names) >= 5
@@ -104,6 +115,27 @@ def test_set_heads_per_row_equals_ablate_heads_row_by_row(info):
             expected, _ = _full_last_logits(info, prompts)
         torch.testing.assert_close(patched[r], expected[0], atol=1e-4, rtol=1e-4)
     assert (patched[1] - patched[0]).abs().max() > 1e-3  # the patch did something
+
+
+def test_patched_answers_packs_rows_as_positions_with_the_same_result(info):
+    """patched_answers packs its rows side by side in one sequence (set_heads per_position): the same
+    probabilities as one batch row per setting (set_heads per row) over a repeated cache."""
+    prompts, means = _prompts(2), _means(info)
+    rows = [[], [(0, 1)], [(1, 3), (0, 0)], [(1, 0)]]
+    probs, correct = fv.patched_answers(info, prompts, rows, means, max_rows=3)  # rows split over two packs
+    answers = fv.answer_ids(info.tokenizer, prompts)
+    for i, p in enumerate(prompts):
+        ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
+        cache = fv.prefix_cache(info, ids)
+        with tracing.set_heads(info, rows, values=means):
+            logits = fv.last_token_logits(info, ids, len(rows), cache)
+        torch.testing.assert_close(probs[i], torch.softmax(logits, -1)[:, answers[i]], atol=1e-5, rtol=1e-4)
+        assert torch.equal(correct[i], logits.argmax(-1) == answers[i])
+    ids = torch.tensor(info.tokenizer(prompts[0].text)["input_ids"])
+    cache = fv.prefix_cache(info, ids)
+    with pytest.raises(ValueError, match="positions"):  # 4 settings, but a pass of one new token
+        with tracing.set_heads(info, rows, values=means, per_position=True):
+            fv.last_token_logits(info, ids, 1, cache)
 
 
 def test_set_heads_per_row_checks_rows_and_heads(info):
