@@ -159,14 +159,16 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
     packed side by side in one sequence after them (knockout.packed_step), each reading the prompt
     and itself, so the cached keys and values are read once rather than copied per row."""
     answers = answer_ids(info.tokenizer, prompts)
-    probs = torch.zeros(len(prompts), len(row_heads))
-    correct = torch.zeros(len(prompts), len(row_heads), dtype=torch.bool)
+    distinct = list(dict.fromkeys(frozenset(heads) for heads in row_heads))  # a set listed twice runs once
+    row_of = torch.tensor([distinct.index(frozenset(heads)) for heads in row_heads])
+    probs = torch.zeros(len(prompts), len(distinct))
+    correct = torch.zeros(len(prompts), len(distinct), dtype=torch.bool)
     for i, p in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
         ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
         cache = prefix_cache(info, ids)
         v = values(p) if callable(values) else values
-        for start in range(0, len(row_heads), max_rows):
-            rows = row_heads[start : start + max_rows]
+        for start in range(0, len(distinct), max_rows):
+            rows = [sorted(heads) for heads in distinct[start : start + max_rows]]
             n = len(rows)
             with set_heads(info, rows, values=v, per_position=True):
                 hidden = packed_step(info, copy.deepcopy(cache), ids[-1:].expand(1, n), torch.full((1, n), len(ids) - 1),
@@ -174,7 +176,7 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
             logits = info.logits_from_final_hidden(hidden).float()
             probs[i, start : start + n] = torch.softmax(logits, -1)[:, answers[i]].cpu()
             correct[i, start : start + n] = (logits.argmax(-1) == answers[i]).cpu()
-    return probs, correct
+    return probs[:, row_of], correct[:, row_of]
 
 
 def fv_scores_exact(info: ModelInfo, corrupted: list, values, max_rows: int = 128, progress: bool = False) -> torch.Tensor:

@@ -123,6 +123,8 @@ def test_patched_answers_packs_rows_as_positions_with_the_same_result(info):
     prompts, means = _prompts(2), _means(info)
     rows = [[], [(0, 1)], [(1, 3), (0, 0)], [(1, 0)]]
     probs, correct = fv.patched_answers(info, prompts, rows, means, max_rows=3)  # rows split over two packs
+    twice, _ = fv.patched_answers(info, prompts, rows + [[(0, 0), (1, 3)]], means)  # a set listed twice, in another order
+    torch.testing.assert_close(twice[:, 4], probs[:, 2], atol=1e-5, rtol=1e-4)
     answers = fv.answer_ids(info.tokenizer, prompts)
     for i, p in enumerate(prompts):
         ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
