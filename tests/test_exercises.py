@@ -234,7 +234,7 @@ def test_first_code_cell_is_the_shared_colab_setup(source):
 def test_parameters_cell_suggests_larger_models_and_nothing_forces_the_cpu(source):
     params = next((c for c in code_cells(source) if "parameters" in c.metadata.get("tags", [])), None)
     assert params is not None, f"{source.name} has no cell tagged parameters"
-    model_line = next((line for line in params.source.splitlines() if line.startswith("MODEL =")), "")
+    model_line = next((line for line in params.source.splitlines() if re.match(r"MODELS? =", line)), "")
     assert "Colab" in model_line and re.search(r"gpt2-large|Llama|pythia", model_line), (
         f"{source.name}: the MODEL line should suggest larger models to try on Colab")
     text = source.read_text()
