@@ -485,7 +485,25 @@ for m in MODELS:
                            "accuracy": ablation[m][:, i].mean()})
 curves = pd.DataFrame(curve_rows)
 summary = curves[curves.n > 0].groupby(["model", "heads", "n"], sort=False).accuracy.agg(["mean", "std"]).reset_index()
-summary.pivot_table(index=["model", "n"], columns="heads", values="mean", sort=False).sort_index().round(2)
+display(summary.pivot_table(index=["model", "n"], columns="heads", values="mean", sort=False).sort_index().round(2))
+
+# the curves with 95% intervals over evaluation prompts (random: each prompt's mean over the sets,
+# with the spread of the sets themselves beside it)
+curve_table = []
+for m in MODELS:
+    prompts_unit = np.arange(len(ablation[m]))
+    for name in dict.fromkeys(name for name, n, _ in conditions_of[m] if n > 0):
+        for n in sorted({n for name_, n, _ in conditions_of[m] if name_ == name}):
+            draws = [column(m, name, n, d) for d in range(N_RANDOM if name == "random" else 1)]
+            per_prompt = ablation[m][:, draws].mean(1)
+            interval = mean_interval(per_prompt, prompts_unit, unit="evaluation prompt", n_resamples=1000)
+            set_means = ablation[m][:, draws].mean(0)
+            curve_table.append({"model": m, "heads": name, "n": n, "% of heads": round(100 * n / infos[m].n_total_heads, 1),
+                                "accuracy": interval.estimate, "95% interval": f"[{interval.low:.2f}, {interval.high:.2f}]",
+                                "random sets: 2.5-97.5%": (f"{np.percentile(set_means, 2.5):.2f}-{np.percentile(set_means, 97.5):.2f}"
+                                                           if name == "random" else "")})
+curve_table = pd.DataFrame(curve_table)
+curve_table.round(3)
 
 # %%
 fig, axes = plt.subplots(1, len(MODELS), figsize=(6.5 * len(MODELS), 4.2), squeeze=False, sharey=True)
@@ -685,6 +703,7 @@ save_results(
             "clean_accuracy": clean_acc[m].estimate,
             "ablation_accuracy": {f"{name} | {n} | {d}": float(ablation[m][:, i].mean())
                                   for i, (name, n, d) in enumerate(conditions_of[m])},
+            "ablation_curves": curve_table[curve_table.model == m].drop(columns="model").to_dict("records"),
             "token_loss_difference": {k: float(v.mean()) for k, v in token_loss[m].items()},
             "zero_shot": {"layer": zero_shot[m]["layer"], "none": float(zero_shot[m]["none"].mean()),
                           "function_vector": float(zero_shot[m]["function vector"].mean()),
