@@ -12,13 +12,15 @@ Every ICLScores knows each prompt's demonstration set (`demo_set`), the unit int
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import build_prompt_groups, calibration_prompts, demo_set_ids, encode_prompts, label_token_ids, pad_right
+from .prompts import (build_prompt_groups, calibration_prompts, check_prompt_list, demo_set_ids, encode_prompts,
+                      label_token_ids, pad_right)
 from .stats import Interval, auc, mean_interval
 from .tracing import positional_interventions_active, set_heads
 from .models import Head, ModelInfo
@@ -98,6 +100,10 @@ class ICLScores:
 
     def gold_margins(self) -> torch.Tensor:
         """Per prompt: logit(gold label) - logit(other label) (two classes)."""
+        if len(self.classes) != 2:
+            raise ValueError(f"gold margins need exactly two classes; these scores have {len(self.classes)} "
+                             f"{self.classes}: keep two with iu.load_task(name, classes=[first, second]), or use "
+                             f"accuracy / gold_log_probs, which take any number of classes")
         rows = torch.arange(len(self.gold))
         return (self.label_logits[rows, self.gold] - self.label_logits[rows, 1 - self.gold]).float()
 
@@ -132,7 +138,8 @@ class ICLScores:
         """Two classes: probability that a random class-1 prompt has a larger logit(class 1) -
         logit(class 0) than a random class-0 prompt (ties count half)."""
         if len(self.classes) != 2:
-            raise ValueError("AUC is defined here for two classes")
+            raise ValueError(f"AUC is defined here for two classes; these scores have {len(self.classes)} "
+                             f"{self.classes}: keep two with iu.load_task(name, classes=[first, second])")
         diff = (self.label_logits[:, 1] - self.label_logits[:, 0]).float()
         return auc(diff[self.gold == 1], diff[self.gold == 0])
 
@@ -315,6 +322,9 @@ def score_prompts(info: ModelInfo, prompts: list, batch_size: int = 16, progress
     """
     if not prompts:
         raise ValueError("score_prompts needs at least one prompt")
+    check_prompt_list(prompts, "score_prompts")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     order = _prefix_groups(prompts, batch_size) if share_prefix else [
         list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
     parts, rows = [], []
@@ -332,6 +342,9 @@ def score_calibrated(info: ModelInfo, prompts: list, calibration: list, **kwargs
     """Score `prompts` and their calibration prompts in one run (they share demonstrations, so with
     share_prefix=True each set of demonstrations runs once) and return the prompts' scores with the
     calibration prior attached (ICLScores.calibrated_with)."""
+    check_prompt_list(prompts, "score_calibrated")
+    check_prompt_list(calibration, "score_calibrated (its calibration prompts)",
+                      "build them with iu.calibration_prompts(task, prompts), or use iu.design_prompts, which returns both")
     both = score_prompts(info, list(prompts) + list(calibration), **kwargs)
     n = len(prompts)
     return both.take(range(n)).calibrated_with(both.take(range(n, n + len(calibration))))
@@ -353,8 +366,13 @@ def score_head_ablations(info: ModelInfo, prompts: list, head_sets: list[list[He
     _refuse_positional(info)
     if not head_sets:
         raise ValueError("head_sets is empty: pass a list of head lists, e.g. [[(11, 2)], [(3, 0), (5, 1)]]")
+    for heads in head_sets:
+        if not isinstance(heads, (list, tuple, set, frozenset)) or not all(hasattr(h, "__len__") and len(h) == 2 for h in heads):
+            raise TypeError(f"head_sets is a list of head *sets*, each a list of (layer, head) pairs, e.g. "
+                            f"[[(11, 2)], [(3, 0), (5, 1)]]; got {heads!r} as one set (one head set? wrap it: [heads])")
     if not prompts:
         raise ValueError("prompts is empty")
+    check_prompt_list(prompts, "score_head_ablations")
     classes = list(prompts[0].label_words)
     ids = label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes])
     logits = torch.zeros(len(head_sets), len(prompts), len(classes))

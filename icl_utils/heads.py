@@ -9,6 +9,7 @@ per-label experiments each head is put on the side where it scores higher (disjo
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,28 @@ from tqdm.auto import tqdm
 from .attribution import head_importance
 from .evaluation import batches
 from .models import Head, ModelInfo
-from .prompts import build_prompts, demo_set_ids, encode_prompts, label_token_ids
+from .prompts import build_prompts, check_prompt_list, check_task, demo_set_ids, encode_prompts, label_token_ids
 from .tracing import run_with_trace
+
+
+def _is_count(n) -> bool:
+    """A whole number (int, numpy or 0-d torch integer), not a bool or a float."""
+    if torch.is_tensor(n):
+        return n.ndim == 0 and not n.is_floating_point()
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
 
 
 def top_heads(values: torch.Tensor, n: int, among: list[Head] | None = None) -> list[Head]:
     """The n (layer, head) pairs with the largest values (n_layers, n_heads), best first."""
+    if len(values.shape) != 2:
+        raise ValueError(f"top_heads needs one value per head, shape (n_layers, n_heads); got {tuple(values.shape)}"
+                         + (": average over prompts first, e.g. values.mean(0)" if len(values.shape) == 3 else ""))
     n_layers, n_heads = values.shape
+    if not _is_count(n) or n < 0:
+        raise ValueError(f"n (how many heads) must be a whole number >= 0, got {n!r}")
+    if among is None and n > n_layers * n_heads:
+        raise ValueError(f"{n} top heads asked for, but the model has only {n_layers} x {n_heads} = "
+                         f"{n_layers * n_heads} heads: ask for at most {n_layers * n_heads}.")
     candidates = among if among is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
     return sorted(candidates, key=lambda lh: -values[lh].item())[:n]
 
@@ -100,6 +116,11 @@ def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8
       "label_attention": attention mass the head puts on the demonstrations' label positions;
     and "gold" (n_prompts,) the gold class index.
     """
+    check_prompt_list(prompts, "head_scores_over_prompts")
+    _check_batch_size(batch_size)
+    if any(p.label_words != prompts[0].label_words for p in prompts):
+        raise ValueError("the prompts use different label words; score heads on prompts built with one label_words= "
+                         "at a time (e.g. the foo/bar prompts and the swapped ones in two calls)")
     classes = list(prompts[0].label_words)
     words = [prompts[0].label_words[c] for c in classes]
     word_ids = torch.tensor(label_token_ids(info.tokenizer, words))
@@ -121,10 +142,16 @@ def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def _check_batch_size(batch_size) -> None:
+    if not _is_count(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
 def rank_heads(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> HeadRanking:
     """Score every head on `prompts` (one traced pass per batch) and average into a HeadRanking."""
     if not prompts:
         raise ValueError("rank_heads needs at least one prompt: build some with build_prompts(task, n, pool='selection')")
+    check_prompt_list(prompts, "rank_heads", "build them with build_prompts(task, n, pool='selection')")
     scores = head_scores_over_prompts(info, prompts, batch_size=batch_size, progress=progress)
     classes = list(prompts[0].label_words)
     words = [prompts[0].label_words[c] for c in classes]
@@ -176,6 +203,7 @@ def find_in_context_heads(info: ModelInfo, task, n_prompts: int = 32, demos_per_
     (results/in_context_heads.json; chapter 3 writes the main task's), else a ranking made here the same way,
     on foo/bar prompts from the task's *selection* pool (never the evaluation pool), which is
     then saved for later chapters. Which of the two happened is printed."""
+    check_task(task, "find_in_context_heads")
     path = _heads_file()
     saved = _saved_rankings(path).get(f"{info.name}|{task.name}")
     if saved is not None:

@@ -53,20 +53,62 @@ class ICLPrompt:
     label_spans: list = field(default_factory=list)  # character span of each demonstration's label word
 
 
+def check_task(task, where: str = "this function") -> None:
+    """Refuse anything but a Task (e.g. a task's name), saying how to get one."""
+    if not (hasattr(task, "classes") and hasattr(task, "inputs_of")):
+        how = f"iu.load_task({task!r})" if isinstance(task, str) else "iu.load_task(name or path)"
+        raise TypeError(f"{where} takes a Task, not {type(task).__name__} {task!r:.60}: load it first with {how}.")
+
+
+def check_prompt_list(prompts, where: str, hint: str = "build them with iu.build_prompts or iu.design_prompts") -> None:
+    """Refuse a single prompt, text, or an empty list where a list of ICLPrompt is expected."""
+    if isinstance(prompts, ICLPrompt):
+        raise TypeError(f"{where} takes a list of prompts; wrap a single prompt in a list: [prompt].")
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
+        raise TypeError(f"{where} takes a list of prompts (ICLPrompt), not {type(prompts).__name__}: {hint}.")
+    if len(prompts) == 0:
+        raise ValueError(f"{where} needs at least one prompt: {hint}.")
+    bad = next((p for p in prompts if not (hasattr(p, "text") and hasattr(p, "label_words"))), None)
+    if bad is not None:
+        raise TypeError(f"{where} takes ICLPrompt objects (from build_prompts, design_prompts or render_prompt), not "
+                        f"{type(bad).__name__} {bad!r:.60}; to tokenise raw text use info.tokenizer.")
+
+
 def label_words_for(task: Task, label_words="foo/bar") -> dict:
     """class -> word. "foo/bar" (the paper's unrelated labels, assigned in task.classes order),
     "meaningful" (the class names themselves), a sequence of words, or a dict."""
     if isinstance(label_words, dict):
-        return dict(label_words)
+        missing, extra = set(task.classes) - set(label_words), set(label_words) - set(task.classes)
+        if missing or extra:
+            raise ValueError(f"label_words must give one word per class of task '{task.name}' {task.classes}; "
+                             f"missing {sorted(missing)}, unknown {sorted(extra)}.")
+        words = dict(label_words)
+        _check_words(list(words.values()))
+        return words
     if label_words == "foo/bar":
         label_words = FOO_BAR
     elif label_words == "meaningful":
         label_words = task.classes
+    elif isinstance(label_words, str):
+        raise ValueError(f"label_words={label_words!r}: pass one word per class as a list, e.g. "
+                         f"label_words=('foo', 'bar'), or one of the names 'foo/bar' and 'meaningful'.")
     if len(label_words) != len(task.classes):
-        raise ValueError(f"{len(task.classes)} classes {task.classes} but label words {list(label_words)}")
-    if len(set(label_words)) != len(label_words):
-        raise LabelWordError(f"Label words {list(label_words)} repeat a word: each class needs its own label word.")
+        raise ValueError(
+            f"{len(task.classes)} classes {task.classes} but label words {list(label_words)}: pass one label word per "
+            f"class, or keep two classes with iu.load_task(name, classes=[first, second]).")
+    _check_words(list(label_words))
     return dict(zip(task.classes, label_words))
+
+
+def _check_words(words: list) -> None:
+    for word in words:
+        if not isinstance(word, str):
+            raise TypeError(f"Label words are strings; got {type(word).__name__} {word!r} in {words}.")
+        if not word.strip() or word != word.strip():
+            raise LabelWordError(f"Label word {word!r} is empty or has spaces around it: write the bare word (the "
+                                 f"prompt puts one space before it), e.g. 'foo'.")
+    if len(set(words)) != len(words):
+        raise LabelWordError(f"Label words {words} repeat a word: each class needs its own label word.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +131,7 @@ def task_pools(task: Task) -> dict:
     verdicts). Whatever chooses sees only the selection pool; whatever is graded only the
     evaluation pool; both read demonstrations from the third pool.
     """
+    check_task(task, "task_pools")
     pools = {name: {} for name in POOL_NAMES}
     for cls in task.classes:
         items = sorted(dict.fromkeys(task.inputs_of(cls)), key=_stable_rank)
@@ -114,8 +157,12 @@ def _demo_counts(task: Task, demos_per_class) -> dict:
     for cls, n in counts.items():
         if cls not in task.classes:
             raise ValueError(f"demos_per_class names unknown class {cls!r}; classes: {task.classes}")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"demos_per_class must be a whole number >= 0 per class, got {n!r} for {cls!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"demos_per_class must be a whole number >= 0 per class, got {n!r} for {cls!r}: "
+                             f"e.g. demos_per_class=8, or a count per class such as {{{task.classes[0]!r}: 8, ...}}")
+    missing = [c for c in task.classes if c not in counts]
+    if missing:
+        raise ValueError(f"demos_per_class gives no count for {missing}: give every class a count (0 for none).")
     return counts
 
 
@@ -148,6 +195,7 @@ def build_prompts(
     demonstration slot in prompt order (its counts override demos_per_class).
     Same arguments, same prompts.
     """
+    check_task(task, "build_prompts")
     if not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts must be a whole number >= 1, got {n_prompts!r}")
     rng = random.Random(seed)
@@ -196,6 +244,7 @@ def build_prompt_groups(
     its own queries (for accuracy estimates whose unit is the demonstration set); by default all
     groups ask the same queries. pool: "evaluation" or "selection", as in build_prompts.
     """
+    check_task(task, "build_prompt_groups")
     for name, value in (("n_groups", n_groups), ("queries_per_group", queries_per_group)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -234,6 +283,8 @@ def calibration_prompts(task: Task, prompts: list, per_class: int = 4, seed: int
     (ICLScores.calibrated_with): fitted in the same context as the scored prompts but never on
     them, and never on a query that is a demonstration of the same prompt.
     """
+    check_task(task, "calibration_prompts")
+    check_prompt_list(prompts, "calibration_prompts", "pass the prompts to calibrate (e.g. from build_prompt_groups)")
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a whole number >= 1, got {per_class!r}")
     rng = random.Random(seed)
@@ -306,6 +357,9 @@ def _label_token_index(offsets: list, span: tuple, word: str, prompt_text: str) 
 
 def label_token_ids(tokenizer, words, fmt: PromptFormat = PromptFormat()) -> list:
     """Token id of each label word as it appears after the label prefix; refuses multi-token words."""
+    if isinstance(words, str) or not words:
+        raise (TypeError if isinstance(words, str) else ValueError)(
+            f"label_token_ids takes a list of label words, e.g. ['foo', 'bar'], not {words!r}.")
     ids = []
     for word in words:
         text = fmt.query("x") + " " + word
@@ -334,6 +388,7 @@ def pad_right(tokenizer, rows: list) -> tuple:
 
 def encode_prompts(info: ModelInfo, prompts: list) -> PromptBatch:
     """Tokenise prompts (right padding) and locate label tokens and the last position."""
+    check_prompt_list(prompts, "encode_prompts")
     tokenizer = info.tokenizer
     rows, label_positions = [], []
     for p in prompts:

@@ -58,6 +58,11 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+def _check_confidence(confidence) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence is a fraction between 0 and 1 (0.95 for a 95% interval), not {confidence!r}")
+
+
 def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
                       seed: int = 0, unit: str = "demonstration set") -> Interval:
     """Percentile bootstrap of `statistic(rows)` resampling whole clusters of rows.
@@ -67,6 +72,7 @@ def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confi
     clusters: one label per row (e.g. the demonstration set each prompt was built with). With one
     row per cluster this is the ordinary bootstrap over rows.
     """
+    _check_confidence(confidence)
     labels = np.asarray(clusters)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError("clusters must be a non-empty 1-d sequence: one label per row")
@@ -92,6 +98,7 @@ def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confi
 def interval_from_draws(estimate: float, draws, n_units: int, unit: str, confidence: float = CONFIDENCE) -> Interval:
     """A percentile interval from bootstrap draws made elsewhere (e.g. a ranking recomputed on
     resampled demonstration sets, HeadRanking.resampled_importance)."""
+    _check_confidence(confidence)
     draws = _as_array(draws).ravel()
     draws = draws[np.isfinite(draws)]
     if len(draws) < 2:

@@ -241,3 +241,46 @@ def test_accuracy_interval_resamples_demonstration_sets(info, task):
     no_sets = ICLScores(scores.label_logits, scores.gold, scores.classes, scores.label_words)
     with pytest.raises(ValueError, match="demonstration sets"):
         no_sets.accuracy_interval()
+
+
+# bad inputs -----------------------------------------------------------------------------------------
+
+
+def test_gold_margins_and_auc_refuse_more_than_two_classes():
+    three = ICLScores(torch.zeros(3, 3), torch.tensor([0, 1, 2]), ["a", "b", "c"], {"a": "x", "b": "y", "c": "z"})
+    for measure in (three.gold_margins, three.gold_logit_margin, three.auc):
+        with pytest.raises(ValueError, match=r"two classes.*classes=\[first, second\]"):
+            measure()
+    assert three.accuracy() == pytest.approx(1 / 3)  # accuracy takes any number of classes
+
+
+def test_score_prompts_refuses_a_single_prompt_text_and_a_zero_batch(model_infos, task):
+    from icl_utils import build_prompts
+
+    info, prompts = model_infos["gpt2"], build_prompts(task, 2, demos_per_class=1)
+    with pytest.raises(TypeError, match=r"\[prompt\]"):
+        score_prompts(info, prompts[0], progress=False)
+    with pytest.raises(TypeError, match="ICLPrompt"):
+        score_prompts(info, [p.text for p in prompts], progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        score_prompts(info, prompts, batch_size=0, progress=False)
+
+
+def test_score_calibrated_without_calibration_prompts_says_how_to_build_them(model_infos, task):
+    from icl_utils import design_prompts, score_calibrated
+
+    prompts, _ = design_prompts(task, 2, 2, demos_per_class=1, calibration_per_class=1)
+    with pytest.raises(ValueError, match="calibration_prompts"):
+        score_calibrated(model_infos["gpt2"], prompts, [], progress=False)
+
+
+def test_head_ablations_want_a_list_of_head_sets(model_infos, task):
+    from icl_utils import build_prompts, score_head_ablations
+
+    info, prompts = model_infos["gpt2"], build_prompts(task, 2, demos_per_class=1)
+    for flat in ([(0, 1)], [(0, 1), (1, 2)], [0, 1]):
+        with pytest.raises(TypeError, match=r"wrap it: \[heads\]"):
+            score_head_ablations(info, prompts, flat, progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        score_head_ablations(info, prompts, [[(0, 99)]], progress=False)
+    assert len(score_head_ablations(info, prompts, [[], [(0, 1)]], progress=False)) == 2  # an empty set: no ablation

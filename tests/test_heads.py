@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from icl_utils import build_prompts
 from icl_utils import heads as H
 from icl_utils.heads import head_scores_over_prompts
 
@@ -86,3 +87,35 @@ def test_saved_rankings_of_two_tasks_do_not_overwrite_each_other(info, task, tmp
 def test_rank_heads_on_no_prompts_says_what_to_do(info):
     with pytest.raises(ValueError, match="selection"):
         H.rank_heads(info, [], progress=False)
+
+
+# bad inputs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,match", [(-1, "whole number >= 0"), (2.5, "whole number"), (9, "at most 8")])
+def test_top_heads_refuses_bad_counts(n, match):
+    with pytest.raises(ValueError, match=match):
+        H.top_heads(torch.zeros(2, 4), n)
+    assert H.top_heads(torch.zeros(2, 4), 0) == []
+
+
+def test_top_heads_of_per_prompt_scores_says_average_first():
+    with pytest.raises(ValueError, match=r"values.mean\(0\)"):
+        H.top_heads(torch.zeros(5, 2, 4), 3)
+
+
+def test_rank_heads_refuses_one_prompt_not_in_a_list_and_mixed_label_words(model_infos, task):
+    info = model_infos["gpt2"]
+    prompts = build_prompts(task, 2, demos_per_class=1)
+    with pytest.raises(TypeError, match=r"\[prompt\]"):
+        H.rank_heads(info, prompts[0], progress=False)
+    swapped = build_prompts(task, 2, demos_per_class=1, label_words=("bar", "foo"))
+    with pytest.raises(ValueError, match="one label_words= at a time"):
+        H.rank_heads(info, prompts + swapped, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        H.rank_heads(info, prompts, batch_size=0, progress=False)
+
+
+def test_find_in_context_heads_wants_a_task_not_its_name(model_infos):
+    with pytest.raises(TypeError, match=r"iu.load_task\('animal_vehicle'\)"):
+        H.find_in_context_heads(model_infos["gpt2"], "animal_vehicle", progress=False)

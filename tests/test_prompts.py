@@ -290,3 +290,98 @@ def test_identical_label_words_are_refused_when_building(task):
 
     with pytest.raises(LabelWordError, match="repeat"):
         build_prompts(task, 2, demos_per_class=1, label_words=("foo", "foo"))
+
+
+# bad inputs: refused when the prompts are built, with what to do ----------------------------------
+
+
+@pytest.mark.parametrize("words,match", [
+    ("foo", "one word per class"),  # a single string other than "foo/bar" or "meaningful"
+    (("foo",), "one label word per class"),
+    (("foo", ""), "empty"),
+    ((" foo", "bar"), "bare word"),
+])
+def test_bad_label_words_are_refused_when_building_and_say_what_to_do(task, words, match):
+    for build in (lambda: build_prompts(task, 2, demos_per_class=1, label_words=words),
+                  lambda: build_prompt_groups(task, 1, 2, demos_per_class=1, label_words=words)):
+        with pytest.raises(ValueError, match=match):
+            build()
+
+
+def test_label_words_that_are_not_strings_are_refused(task):
+    with pytest.raises(TypeError, match="strings"):
+        build_prompts(task, 2, demos_per_class=1, label_words=(1, 2))
+
+
+def test_label_word_dict_must_name_every_class(task):
+    with pytest.raises(ValueError, match=r"missing \['vehicle'\]"):
+        build_prompts(task, 2, demos_per_class=1, label_words={"animal": "foo", "plant": "bar"})
+    (p,) = build_prompts(task, 1, demos_per_class=1, label_words={"vehicle": "bar", "animal": "foo"})
+    assert p.label_words == {"vehicle": "bar", "animal": "foo"}
+
+
+def test_more_classes_than_label_words_suggests_keeping_two_classes(task):
+    from icl_utils.tasks import Task
+
+    three = Task("three", task.inputs + ["foo", "bar", "baz", "x"], task.labels + ["other"] * 4,
+                 task.classes + ["other"])
+    with pytest.raises(ValueError, match=r"classes=\[first, second\]"):
+        build_prompts(three, 3, demos_per_class=1)
+    assert len(build_prompts(three, 3, demos_per_class=1, label_words=("foo", "bar", "baz"))) == 3
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, True])
+def test_bad_demo_counts_say_what_to_pass(task, bad):
+    with pytest.raises(ValueError, match="demos_per_class=8"):
+        build_prompt_groups(task, 1, 2, demos_per_class=bad)
+
+
+def test_demo_count_dict_must_count_every_class(task):
+    with pytest.raises(ValueError, match=r"no count for \['vehicle'\]"):
+        build_prompts(task, 2, demos_per_class={"animal": 1})
+    assert build_prompts(task, 2, demos_per_class={"animal": 1, "vehicle": 0})[0].demos[0][1] == "animal"
+
+
+def test_too_many_demonstrations_say_what_to_do(task):
+    with pytest.raises(ValueError, match="use fewer demonstrations"):
+        build_prompts(task, 2, demos_per_class=100)
+
+
+@pytest.mark.parametrize("pool", ["test", "demonstrations"])
+def test_unknown_or_wrong_pool_is_refused(task, pool):
+    with pytest.raises(ValueError, match="'selection'"):
+        build_prompts(task, 2, demos_per_class=1, pool=pool)
+
+
+def test_a_task_name_instead_of_a_task_says_load_task(task):
+    from icl_utils import calibration_prompts, design_prompts, task_pools
+
+    for call in (lambda: build_prompts("animal_vehicle", 2), lambda: build_prompt_groups("animal_vehicle", 1, 2),
+                 lambda: task_pools("animal_vehicle"), lambda: design_prompts("animal_vehicle", 1, 2),
+                 lambda: calibration_prompts("animal_vehicle", build_prompts(task, 2, demos_per_class=1))):
+        with pytest.raises(TypeError, match=r"iu.load_task\('animal_vehicle'\)"):
+            call()
+
+
+def test_calibration_prompts_of_no_prompts_are_refused(task):
+    from icl_utils import calibration_prompts
+
+    with pytest.raises(ValueError, match="at least one prompt"):
+        calibration_prompts(task, [])
+
+
+def test_encode_prompts_refuses_text_a_single_prompt_and_nothing(info, task):
+    prompts = build_prompts(task, 2, demos_per_class=1)
+    with pytest.raises(TypeError, match=r"wrap a single prompt in a list: \[prompt\]"):
+        encode_prompts(info, prompts[0])
+    with pytest.raises(TypeError, match="ICLPrompt objects"):
+        encode_prompts(info, ["Input: dog\nLabel:"])
+    with pytest.raises(ValueError, match="at least one prompt: build them"):
+        encode_prompts(info, [])
+
+
+def test_label_token_ids_wants_a_list_of_words(tokenizer):
+    with pytest.raises(TypeError, match=r"\['foo', 'bar'\]"):
+        label_token_ids(tokenizer, "foo")
+    with pytest.raises(ValueError, match="list of label words"):
+        label_token_ids(tokenizer, [])

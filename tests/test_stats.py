@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from icl_utils.stats import (auc, cluster_bootstrap, difference_from_random, mean_interval, minimum_detectable_effect, paired_difference,
-                             pearson, percentile_of, spearman)
+from icl_utils.stats import (auc, cluster_bootstrap, difference_from_random, interval_from_draws, mean_interval,
+                             minimum_detectable_effect, paired_difference, pearson, percentile_of, spearman)
 
 
 def test_bootstrap_of_a_mean_matches_the_normal_interval():
@@ -132,3 +132,12 @@ def test_difference_from_random_carries_the_spread_of_the_random_draws():
         difference_from_random(treated, alike[:, :1], np.arange(rows))
     with pytest.raises(ValueError, match="n_rows"):
         difference_from_random(treated, alike[:10], np.arange(rows))
+
+
+@pytest.mark.parametrize("confidence", [95, 0, 1.0])
+def test_confidence_given_as_a_percentage_is_refused(confidence):
+    values, clusters = np.arange(8.0), np.repeat(np.arange(4), 2)
+    with pytest.raises(ValueError, match="0.95 for a 95% interval"):
+        mean_interval(values, clusters, confidence=confidence)
+    with pytest.raises(ValueError, match="0.95 for a 95% interval"):
+        interval_from_draws(1.0, values, 4, "seed", confidence=confidence)
