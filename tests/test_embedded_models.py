@@ -62,3 +62,23 @@ def test_recording_attention_matches_sdpa(info):
 def test_shipped_text_gives_enough_sequences_for_chapter_8(info):
     seqs = induction.text_sequences(info.tokenizer, 512, n_seqs=45)
     assert seqs.shape == (45, 512)
+
+
+def test_first_load_from_gguf_into_an_empty_cache_equals_the_cached_model(tmp_path, monkeypatch, capsys):
+    """What a fresh machine (Colab included, on transformers 4 or 5) does first: dequantise the GGUF
+    file into an empty cache (SmolLM2, about 40 s). Weights, tokenizer and logits equal those of the
+    model loaded from the usual cache (cache_root()), whichever transformers version wrote it."""
+    reference = iu.load_model("smollm2-135m")
+    monkeypatch.setenv("ICL_UTILS_CACHE", str(tmp_path))
+    fresh = iu.load_model("smollm2-135m")
+    assert "Dequantising smollm2-135m" in capsys.readouterr().out
+    written = {p.name for p in (tmp_path / "smollm2-135m").iterdir()}
+    assert written >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}, written
+    ours, theirs = fresh.model.state_dict(), reference.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+    assert fresh.tokenizer(TEXT)["input_ids"] == reference.tokenizer(TEXT)["input_ids"]
+    ids = torch.tensor([reference.tokenizer(TEXT)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model(ids).logits, reference.model(ids).logits, atol=0, rtol=0)

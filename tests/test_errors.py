@@ -81,7 +81,7 @@ GOOD_ROWS = [
 
 def test_good_jsonl_loads(tmp_path):
     task = load_task(str(_write_jsonl(tmp_path / "zoo.jsonl", GOOD_ROWS + [""])))  # blank line skipped
-    assert task.name == "zoo"
+    assert task.name == str(tmp_path / "zoo.jsonl")  # the string as given: chapter 3 saves its heads under TASK
     assert task.classes == ["animal", "vehicle"]
     assert task.inputs == ["dog", "car", "cat", "bus"]
     assert task.labels == ["animal", "vehicle", "animal", "vehicle"]
@@ -202,3 +202,57 @@ def test_embedded_model_package_missing(monkeypatch, tmp_path, name, hint):
     assert time.monotonic() - start < 5
     assert hint in str(err.value) and f"'{name}'" in str(err.value)
     assert not (tmp_path / "cache" / name).exists()
+
+
+@pytest.mark.parametrize("typo,meant", [("gemma3-207m", "gemma3-270m"), ("smolm2-135m", "smollm2-135m"),
+                                        ("Gemma3-270M", "gemma3-270m"), ("gemma-3-270m", "gemma3-270m")])
+def test_near_miss_of_an_embedded_name_suggests_it_before_any_hub_check(monkeypatch, typo, meant):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was checked for a near miss of an embedded name")
+
+    monkeypatch.setattr(models_mod, "_hub_reachable", no_hub)
+    monkeypatch.setattr(models_mod, "_load_from_hub", no_hub)
+    start = time.monotonic()
+    with pytest.raises(ModelNotAvailableError, match=f"did you mean '{meant}'") as err:
+        icl_utils.load_model(typo, device="cpu")
+    assert time.monotonic() - start < 1
+    assert "google/gemma-3-270m" in str(err.value)  # how to name a Hub model instead
+
+
+def test_names_far_from_the_embedded_ones_still_go_to_the_hub(monkeypatch):
+    asked = []
+
+    def offline(*args, **kwargs):
+        asked.append(args)
+        return False
+
+    monkeypatch.setattr(models_mod, "_hub_reachable", offline)
+    for name in ("gpt2", "EleutherAI/pythia-70m", "smollm2-360m"):
+        with pytest.raises(ModelNotAvailableError, match="cannot be reached"):
+            icl_utils.load_model(name, device="cpu")
+    assert len(asked) == 3
+
+
+def test_load_model_refuses_a_non_name_and_a_bad_dtype():
+    with pytest.raises(TypeError, match="model name"):
+        icl_utils.load_model(None, device="cpu")
+    with pytest.raises(ValueError, match="'bfloat16'"):
+        icl_utils.load_model("gemma3-270m", device="cpu", dtype="bf16")
+
+
+# heads given the wrong shape ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("heads", [(0, 1), [0, 1], [(0, 1, 2)]])
+def test_ablating_heads_given_as_a_pair_or_flat_list_says_how_to_write_them(model_infos, heads):
+    with pytest.raises(TypeError, match=r"\(layer, head\) pairs"):
+        with icl_utils.ablate_heads(model_infos["gpt2"], heads):
+            pass
+
+
+def test_ablating_heads_out_of_range_names_the_model_size(model_infos):
+    with pytest.raises(ValueError, match="2 layers x 4 heads"):
+        with icl_utils.ablate_heads(model_infos["gpt2"], [(2, 0)]):
+            pass
+    with icl_utils.ablate_heads(model_infos["gpt2"], iter([(1, 3)])):  # an iterator of pairs still works
+        pass

