@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install, then run the tests in three tiers.
 #   1. fast: unit tests on tiny random-weight models built in-process, plus the check that every
-#      chapters/*.ipynb is generated from its .py (seconds);
+#      chapters/*.ipynb is generated from its .py (seconds); run twice: on the book's pinned
+#      transformers 4.57.6 (.venv) and on transformers 5.x (.venv-tf5, scripts/setup_env_tf5.sh);
 #   2. slow: the embedded models loaded for real (tests/test_embedded_models.py), then every
 #      chapter executed with papermill on small parameters (chapters/smoke_parameters.yml) on the
 #      embedded default model, then the site built from those outputs with warnings as errors;
@@ -17,7 +18,16 @@ echo "== setup: $(( $(date +%s) - start )) s"
 
 t=$(date +%s)
 "$PYTHON" -m pytest -q
-echo "== fast tests: $(( $(date +%s) - t )) s"
+echo "== fast tests (transformers $("$PYTHON" -c 'import transformers; print(transformers.__version__)')): $(( $(date +%s) - t )) s"
+
+# The fast tier again on transformers 5 (what Colab runs), in its own environment .venv-tf5.
+t=$(date +%s)
+source "$ROOT/scripts/setup_env_tf5.sh"
+TF5_VERSION="$("$PYTHON_TF5" -c 'import transformers; print(transformers.__version__)')"
+echo "== setup of .venv-tf5 (transformers $TF5_VERSION): $(( $(date +%s) - t )) s"
+t=$(date +%s)
+"$PYTHON_TF5" -m pytest -q -p no:cacheprovider
+echo "== fast tests (transformers $TF5_VERSION): $(( $(date +%s) - t )) s"
 
 t=$(date +%s)
 "$PYTHON" -m pytest -q -m "embedded or notebooks" tests/test_embedded_models.py tests/test_notebooks.py
