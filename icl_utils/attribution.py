@@ -11,6 +11,9 @@ linearised the same way, at their real input, so that a layer's parts add up to 
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -221,7 +224,7 @@ def _with_bases(bases: torch.Tensor, vectors: torch.Tensor, base_index) -> tuple
 
 @torch.no_grad()
 def attribution_scores(info: ModelInfo, bases: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
-                       targets: torch.Tensor, base_index=None) -> dict:
+                       targets: torch.Tensor, base_index=None, base_log_probs: torch.Tensor | None = None) -> dict:
     """Three scores of each vector v added to its base h, for one target word each: (batch, n) tensors.
 
     "log_prob": log p(w | h + v) - log p(w | h)   (Yu & Ananiadou's importance, = log_prob_increase)
@@ -230,28 +233,95 @@ def attribution_scores(info: ModelInfo, bases: torch.Tensor, vectors: torch.Tens
     bases: (batch, d), one base for every vector, or (batch, n_bases, d) with base_index (n,) giving
     each vector's base, so that components of every layer share one pass over the unembedding
     (target_log_probs). vectors: (batch, n, d); final: (batch, d); targets: (batch,).
+    base_log_probs: log p(w | h) of each base, (batch, n_bases), when already known (e.g. from
+    log_prob_and_gradient): the bases are then not unembedded again.
     """
     bases, base_index, points = _with_bases(bases, vectors, base_index)
     n = points.shape[1]
-    log_p = target_log_probs(info, torch.cat([points, bases.float()], 1), final, targets[:, None])[..., 0]
-    log_p, log_p_h = log_p[:, :n], log_p[:, n:][:, base_index]
+    if base_log_probs is None:
+        log_p = target_log_probs(info, torch.cat([points, bases.float()], 1), final, targets[:, None])[..., 0]
+        log_p, log_p_h = log_p[:, :n], log_p[:, n:][:, base_index]
+    else:
+        log_p = target_log_probs(info, points, final, targets[:, None])[..., 0]
+        log_p_h = base_log_probs.reshape(len(targets), -1)[:, base_index]
     return {"log_prob": log_p - log_p_h, "prob": log_p.exp() - log_p_h.exp(),
             "logit": direct_logit_attribution(info, vectors, final, targets)}
 
 
-def log_prob_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Gradient of log p(target | x) at x = each base, ln_f frozen at `final`: (batch, n, d).
+def linear_adjoint(linear_map, at: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The transpose of a linear map (a frozen norm) applied to u: the vector g with
+    g . x = u . linear_map(x) for every x. at: any input of the map's shape (it is linear, so the
+    point does not matter); u: the map's output shape."""
+    with torch.enable_grad():
+        x = at.detach().float().expand_as(u).clone().requires_grad_(True)
+        return torch.autograd.grad((linear_map(x) * u.float()).sum(), x)[0]
 
-    grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of
-    one per vector, which is what makes screening 10^4-10^5 neurons affordable.
-    bases: (batch, n, d) (a few: one vocabulary-sized row of logits each); targets: (batch,).
+
+@torch.no_grad()
+def log_prob_and_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
+                          vocab_chunk: int = 16384) -> tuple:
+    """log p(target | x) and its gradient at x = each base, ln_f frozen at `final`: ((batch, n), (batch, n, d)).
+
+    grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of one
+    per vector, which is what makes screening 10^4-10^5 neurons affordable. Computed by hand in
+    vocabulary chunks (the logits' gradient is onehot(target) - softmax, through the softcap), two
+    products with the unembedding per base, without autograd's vocabulary-sized intermediates.
+    bases: (batch, n, d); targets: (batch,).
     """
-    ln_f = frozen_norm(info.final_norm, final[:, None].detach().float())
-    with torch.enable_grad():  # a few bases: the (batch, n, vocab) logits fit in memory
-        x = bases.detach().float().requires_grad_(True)
-        z = info.softcap(_vocab_logits(info, x, ln_f))
-        log_p = (_gather_targets(z, targets) - torch.logsumexp(z, -1)).sum()
-        return torch.autograd.grad(log_p, x)[0]  # only w.r.t. x: no .grad left on the model's parameters
+    w_u = info.unembed.weight.detach()
+    device = w_u.device
+    ln_f = frozen_norm(info.final_norm, final[:, None].float())
+    y = (ln_f(bases.float()).to(device) + norm_bias(info.final_norm)).float()  # (batch, n, d)
+    bias_u = getattr(info.unembed, "bias", None)
+    cap = getattr(info.model.config, "final_logit_softcapping", None)
+
+    def raw_logits(start):
+        z = y @ w_u[start : start + vocab_chunk].float().T
+        return z if bias_u is None else z + bias_u[start : start + vocab_chunk].detach().float()
+
+    def capped(z):
+        return torch.tanh(z / cap) * cap if cap else z
+
+    def cap_slope(z):
+        return 1 - torch.tanh(z / cap) ** 2 if cap else torch.ones_like(z)
+
+    chunks, lse = [], torch.full(y.shape[:-1], -torch.inf, device=device)
+    for start in range(0, w_u.shape[0], vocab_chunk):
+        chunks.append(raw_logits(start))
+        lse = torch.logaddexp(lse, torch.logsumexp(capped(chunks[-1]), dim=-1))
+    grad_y = torch.zeros_like(y)
+    for i, start in enumerate(range(0, w_u.shape[0], vocab_chunk)):
+        z = chunks[i]
+        grad_y -= (torch.exp(capped(z) - lse[..., None]) * cap_slope(z)) @ w_u[start : start + vocab_chunk].float()
+    rows = w_u[targets.to(device)].float()  # (batch, d)
+    z_target = torch.einsum("bnd,bd->bn", y, rows)
+    if bias_u is not None:
+        z_target = z_target + bias_u.detach().float()[targets.to(device)][:, None]
+    grad_y += cap_slope(z_target)[..., None] * rows[:, None]
+    log_p = (capped(z_target) - lse).cpu()
+    return log_p, linear_adjoint(ln_f, final[:, None].float(), grad_y.cpu())
+
+
+def log_prob_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Gradient of log p(target | x) at x = each base, ln_f frozen at `final`: (batch, n, d) (see log_prob_and_gradient)."""
+    return log_prob_and_gradient(info, bases, final, targets)[1]
+
+
+def neuron_readout(info: ModelInfo, trace: Trace, layer: int, directions: torch.Tensor, position: int = 0) -> torch.Tensor:
+    """direction . (m_k fc2_k) for every FFN neuron k of `layer`, one direction per prompt: (batch, d_ff).
+
+    The same numbers as neuron_contributions(...) @ direction, without building the (batch, d_ff,
+    d_model) subvalues: the direction is carried back through the frozen post-MLP norm (if any)
+    and read against the output projection once. directions: (batch, d_model).
+    """
+    act = trace.mlp_act[layer][:, position].float()
+    w_out = info.mlp_out_weight(layer).detach().float().cpu()  # (d_model, d_ff)
+    norm = info.mlp_out_norms[layer]
+    u = directions.float()
+    if norm is not None:
+        at = trace.mlp_out[layer][:, position][:, None].float()
+        u = linear_adjoint(frozen_norm(norm, at), at, u[:, None])[:, 0]
+    return act * (u @ w_out)
 
 
 @torch.no_grad()
@@ -271,9 +341,7 @@ def neuron_screen(info: ModelInfo, trace: Trace, targets: torch.Tensor, position
     """
     final = trace.final_resid[:, position]
     grads = log_prob_gradient(info, mlp_bases(info, trace, position), final, targets)  # (batch, L, d)
-    scores = [torch.einsum("bkd,bd->bk", neuron_contributions(info, trace, l)[:, position].float(), grads[:, l])
-              for l in range(info.n_layers)]
-    return torch.stack(scores, dim=1)
+    return torch.stack([neuron_readout(info, trace, l, grads[:, l], position) for l in range(info.n_layers)], dim=1)
 
 
 @torch.no_grad()
@@ -316,3 +384,204 @@ def renormalised_log_prob_increase(info: ModelInfo, bases: torch.Tensor, vectors
 
     bases, base_index, points = _with_bases(bases, vectors, base_index)
     return log_p(points) - log_p(bases.float())[:, base_index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Many prompts: every neuron ranked several ways, query neurons, and zeroing sweeps
+
+NEURON_RANKINGS = ("log-prob increase", "prob increase", "DLA", "norm", "activation")
+HEAD_RANKINGS = ("log-prob increase", "prob increase", "DLA", "norm")
+
+
+@dataclass
+class ComponentScores:
+    """Every component (FFN neuron, or head) of each prompt, scored at one recorded position:
+    (batch, n_components) tensors; neurons are indexed layer * d_ff + k, heads layer * n_heads + h."""
+
+    screen: torch.Tensor  # first-order log-probability increase (gradient at the component's base . its vector)
+    screen_prob: torch.Tensor  # first-order probability increase: p(w | h) (e^screen - 1)
+    log_prob: torch.Tensor  # exact log-probability increase; NaN outside the screened candidates
+    prob: torch.Tensor  # exact probability increase; NaN outside the screened candidates
+    dla: torch.Tensor  # direct logit attribution (exact for every component)
+    norm: torch.Tensor  # norm of the vector the component writes
+    activation: torch.Tensor | None = None  # neurons: |m_k|
+
+    def order(self, ranking: str, row: int) -> torch.Tensor:
+        """Prompt `row`'s components, most important first, by one of NEURON_RANKINGS. The log-probability
+        and probability rankings put their exactly scored candidates first (in exact order), then
+        every other component in the order of the first-order screen."""
+        plain = {"DLA": self.dla, "norm": self.norm, "activation": self.activation}
+        if ranking in plain and plain[ranking] is not None:
+            return plain[ranking][row].argsort(descending=True)
+        if ranking not in ("log-prob increase", "prob increase"):
+            raise ValueError(f"unknown ranking {ranking!r} for these components; choose from "
+                             f"{NEURON_RANKINGS if self.activation is not None else HEAD_RANKINGS}")
+        exact, screen = (self.log_prob, self.screen) if ranking == "log-prob increase" else (self.prob, self.screen_prob)
+        scored = ~exact[row].isnan()
+        first = scored.nonzero()[:, 0]
+        rest = (~scored).nonzero()[:, 0]
+        return torch.cat([first[exact[row, first].argsort(descending=True)], rest[screen[row, rest].argsort(descending=True)]])
+
+
+def _exact_candidates(info: ModelInfo, screen, screen_prob, n_exact: int, vectors_of, bases, base_of, final, targets,
+                      base_log_probs) -> tuple:
+    """Exact log-probability and probability increases of each row's n_exact best components by each
+    screen (NaN elsewhere). vectors_of(row, chosen) -> (1, n, d); base_of(chosen) -> base index of each;
+    base_log_probs (batch, n_bases): log p(w | h) at each base."""
+    log_prob = torch.full_like(screen, float("nan"))
+    prob = torch.full_like(screen, float("nan"))
+    n_exact = min(n_exact, screen.shape[1])
+    for row in range(len(targets)):
+        chosen = torch.cat([screen[row].topk(n_exact).indices, screen_prob[row].topk(n_exact).indices]).unique()
+        result = attribution_scores(info, bases[row : row + 1], vectors_of(row, chosen), final[row : row + 1],
+                                    targets[row : row + 1], base_index=base_of(chosen), base_log_probs=base_log_probs[row : row + 1])
+        log_prob[row, chosen], prob[row, chosen] = result["log_prob"][0], result["prob"][0]
+    return log_prob, prob
+
+
+@torch.no_grad()
+def score_neurons(info: ModelInfo, trace: Trace, targets: torch.Tensor, n_exact: int = 32, position: int = 0) -> ComponentScores:
+    """Score every FFN neuron of each prompt five ways (NEURON_RANKINGS) for its target (batch,).
+
+    Exact log-probability and probability increases cost a vocabulary-sized product per neuron, so
+    they are computed for the n_exact best neurons of each first-order screen (the union of both);
+    DLA, norm and activation are exact for every neuron. The trace needs resid, attn_out, mlp_in,
+    mlp_act and mlp_out.
+    """
+    L, d_ff = info.n_layers, info.d_ff
+    final = trace.final_resid[:, position]
+    bases = mlp_bases(info, trace, position)  # (batch, L, d)
+    base_logp, grads = log_prob_and_gradient(info, bases, final, targets)  # (batch, L), (batch, L, d)
+    target_rows = info.unembed.weight.detach()[targets.to(info.device)].float().cpu()[:, None]  # (batch, 1, d)
+    ln_f = frozen_norm(info.final_norm, final[:, None].float())
+    logit_direction = linear_adjoint(ln_f, final[:, None].float(), target_rows)[:, 0]  # DLA = this . subvalue
+    screen, dla, norm, activation = [], [], [], []
+    for layer in range(L):
+        act = trace.mlp_act[layer][:, position].float().abs()
+        screen.append(neuron_readout(info, trace, layer, grads[:, layer], position))
+        dla.append(neuron_readout(info, trace, layer, logit_direction, position))
+        norm.append(act * _output_row_norms(info, trace, layer, position))
+        activation.append(act)
+    screen = torch.cat(screen, 1)
+    screen_prob = base_logp.exp().repeat_interleave(d_ff, 1) * torch.expm1(screen)
+
+    def vectors_of(row, chosen):  # chosen is sorted, so grouped by layer
+        layers = chosen // d_ff
+        return torch.cat([neuron_contributions(info, trace, int(l), chosen[layers == l] % d_ff)[row : row + 1, position]
+                          for l in layers.unique()], 1)
+
+    log_prob, prob = _exact_candidates(info, screen, screen_prob, n_exact, vectors_of, bases, lambda c: c // d_ff, final, targets,
+                                       base_logp)
+    return ComponentScores(screen=screen, screen_prob=screen_prob, log_prob=log_prob, prob=prob,
+                           dla=torch.cat(dla, 1), norm=torch.cat(norm, 1), activation=torch.cat(activation, 1))
+
+
+@torch.no_grad()
+def score_heads(info: ModelInfo, trace: Trace, targets: torch.Tensor, n_exact: int | None = None, position: int = 0) -> ComponentScores:
+    """Score every head of each prompt four ways (HEAD_RANKINGS) for its target (batch,): index layer * n_heads + h.
+
+    Each head's base is the residual stream entering its layer. n_exact None: exact log-probability
+    and probability increases for every head (one vocabulary-sized product per head); else for the
+    n_exact best heads of each first-order screen. The trace needs resid and head_out (and attn_out
+    for models with a post-attention norm).
+    """
+    L, H = info.n_layers, info.n_heads
+    final = trace.final_resid[:, position]
+    bases = trace.stack("resid", position)[:, :L]
+    vectors = torch.cat([head_contributions(info, trace, l)[:, position] for l in range(L)], 1).float()  # (batch, L*H, d)
+    base_logp, grads = log_prob_and_gradient(info, bases, final, targets)
+    index = torch.arange(L).repeat_interleave(H)
+    screen = torch.einsum("bnd,bnd->bn", vectors, grads[:, index])
+    screen_prob = base_logp[:, index].exp() * torch.expm1(screen)
+    log_prob, prob = _exact_candidates(info, screen, screen_prob, L * H if n_exact is None else n_exact,
+                                       lambda row, chosen: vectors[row : row + 1, chosen], bases, lambda c: index[c], final, targets,
+                                       base_logp)
+    return ComponentScores(screen=screen, screen_prob=screen_prob, log_prob=log_prob, prob=prob,
+                           dla=direct_logit_attribution(info, vectors, final, targets), norm=vectors.norm(dim=-1))
+
+
+def _output_row_norms(info: ModelInfo, trace: Trace, layer: int, position: int) -> torch.Tensor:
+    """|fc2_k| as it reaches the residual stream (through the frozen post-MLP norm, if any): (batch, d_ff)."""
+    rows = info.mlp_out_weight(layer).detach().float().cpu().T  # (d_ff, d_model)
+    norm = info.mlp_out_norms[layer]
+    if norm is None:
+        return rows.norm(dim=-1)[None].expand(trace.mlp_act[layer].shape[0], -1)
+    at = trace.mlp_out[layer][:, position].float()
+    # a frozen norm is one fixed linear map times a per-prompt scalar (1 / the rms or std at its input):
+    # map the rows once, then rescale by each prompt's scalar, read off a common probe vector
+    first = frozen_norm(norm, at[:1])
+    probe = at[:1]
+    scale = torch.stack([frozen_norm(norm, at[b : b + 1])(probe).norm() for b in range(len(at))]) / first(probe).norm()
+    return scale[:, None] * first(rows).norm(dim=-1)[None]
+
+
+def neuron_keys(info: ModelInfo, trace: Trace, layers: torch.Tensor, neurons: torch.Tensor, position: int = 0) -> tuple:
+    """Each prompt's "value" neuron's key in the residual stream, and its activation: ((batch, d), (batch,)).
+
+    The key is the gradient of the neuron's activation m_k with respect to the residual stream its
+    MLP reads, with the MLP's input norm frozen at the real input (Yu & Ananiadou freeze norms the
+    same way). For an MLP act(W_in x) that is act'(.) times the W_in row times the norm's gain: the
+    paper's key up to a positive factor; for a gated MLP (Llama, Gemma) it is the same first-order
+    rule applied to act(gate . x) * (up . x). layers, neurons: (batch,) one value neuron per prompt.
+    A component u written below that layer raises m_k by about key . u (query_scores).
+    """
+    keys, values = [], []
+    for row, (layer, neuron) in enumerate(zip(layers.tolist(), neurons.tolist())):
+        at = trace.mlp_in[layer][row : row + 1, position].float()  # (1, d)
+        norm, mlp = info.mlp_in_norms[layer], info.mlps[layer]
+        seen = {}
+        handle = info.mlp_out_projs[layer].register_forward_pre_hook(lambda m, args: seen.__setitem__("act", args[0]))
+        try:
+            with torch.enable_grad():
+                x = at.clone().requires_grad_(True)
+                normed = x if norm is None else frozen_norm(norm, at)(x) + norm_bias(norm)
+                weight = next(mlp.parameters())
+                mlp(normed[:, None].to(weight.device, weight.dtype))
+                if "act" not in seen:
+                    raise ValueError(f"{type(mlp).__name__} does not call the MLP's output projection itself: "
+                                     "query neurons need an MLP module that holds its whole block")
+                m = seen["act"][0, -1, neuron].float()
+                keys.append(torch.autograd.grad(m, x)[0][0])
+                values.append(m.detach().cpu())
+        finally:
+            handle.remove()
+    return torch.stack(keys), torch.stack(values)
+
+
+@torch.no_grad()
+def query_scores(info: ModelInfo, trace: Trace, keys: torch.Tensor, layers: torch.Tensor, position: int = 0) -> torch.Tensor:
+    """key . u for every FFN neuron's subvalue u below each prompt's value-neuron layer: (batch, n_layers * d_ff),
+    NaN at and above that layer. keys: (batch, d) from neuron_keys; layers: (batch,) the value neurons' layers."""
+    out = [neuron_readout(info, trace, layer, keys, position).masked_fill((layers <= layer)[:, None], float("nan"))
+           for layer in range(info.n_layers)]
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def zeroing_sweep(info: ModelInfo, ids: list, target: int, row_heads: list, row_neurons: list, watch=None) -> dict:
+    """Zero a different set of heads (row_heads[i]: [(layer, head)]) and FFN neurons (row_neurons[i]:
+    {layer: [neurons]}) in each row, at the prompt's last position only, and read the target there.
+
+    The prompt's earlier keys and values are computed once and the last token is replayed once per
+    row, all rows in one batch. watch: (layer, neuron) whose activation to read in each row.
+    Returns {"p", "log_p", "rank" (1 = top), "watched" (or None)}: (rows,) tensors.
+    """
+    from .evaluation import cached_prefix, replay
+    from .tracing import set_heads, watch_neurons, zero_neurons_per_row
+
+    if len(ids) < 2:
+        raise ValueError("zeroing_sweep needs a prompt of at least two tokens (a prefix and the last token)")
+    if len(row_heads) != len(row_neurons):
+        raise ValueError(f"row_heads has {len(row_heads)} rows and row_neurons {len(row_neurons)}: give one of each per row")
+    rows = len(row_heads)
+    prefix = cached_prefix(info, torch.tensor([ids[:-1]]))
+    with ExitStack() as stack:
+        stack.enter_context(set_heads(info, row_heads))
+        stack.enter_context(zero_neurons_per_row(info, row_neurons))
+        seen = stack.enter_context(watch_neurons(info, watch[0], [watch[1]])) if watch is not None else {}
+        hidden = replay(info, prefix, torch.tensor([[ids[-1]]] * rows), repeat=rows, reuse=False)[:, -1]
+    logits = info.logits_from_final_hidden(hidden).float().cpu()
+    log_p = torch.log_softmax(logits, -1)[:, target]
+    rank = 1 + (logits > logits[:, target : target + 1]).sum(-1)
+    watched = seen["activations"][:, 0] if "activations" in seen else None
+    return {"p": log_p.exp(), "log_p": log_p, "rank": rank, "watched": watched}

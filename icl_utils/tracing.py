@@ -533,6 +533,50 @@ def ablate_neurons(info: ModelInfo, neurons_by_layer: dict, positions=None, rows
 
 
 @contextmanager
+def zero_neurons_per_row(info: ModelInfo, row_neurons: list):
+    """Zero a different set of FFN neurons in each row of the next batch, at every position: one
+    {layer: neuron indices} dict per row ({} leaves a row untouched). One hook per layer holds a
+    (rows, d_ff) mask, so a whole sweep of neuron ablations runs as the rows of one batch (e.g. the
+    rows of a one-token replay, evaluation.replay)."""
+    per_row = [_neurons_per_layer(info, chosen) for chosen in row_neurons]
+    masks: dict = {}  # layer -> (rows, d_ff) bool: True where the activation is zeroed
+    for row, chosen in enumerate(per_row):
+        for layer, idx in chosen.items():
+            masks.setdefault(layer, torch.zeros(len(row_neurons), info.d_ff, dtype=torch.bool))[row, idx] = True
+
+    def make_hook(mask):
+        def hook(module, args):
+            x = args[0]  # (rows, seq, d_ff)
+            if x.shape[0] != mask.shape[0]:
+                raise ValueError(f"{mask.shape[0]} rows of neurons were given but the batch has {x.shape[0]} rows")
+            return (x.masked_fill(mask.to(x.device)[:, None, :], 0.0),) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, mask in masks.items():
+            handle = info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(mask))
+            stack.callback(handle.remove)
+        yield
+
+
+@contextmanager
+def watch_neurons(info: ModelInfo, layer: int, neurons):
+    """Record chosen FFN neurons' activations at the last position of each forward pass: yields a
+    dict whose "activations" entry becomes (rows, len(neurons)) (the last call's, on the CPU)."""
+    idx = _neurons_per_layer(info, {layer: neurons})[int(layer)]
+    seen: dict = {}
+
+    def hook(module, args):
+        seen["activations"] = args[0][:, -1, idx.to(args[0].device)].detach().float().cpu()
+
+    handle = info.mlp_out_projs[int(layer)].register_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def edit_attention(info: ModelInfo, edit_fn, heads=None):
     """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.
 

@@ -252,3 +252,133 @@ def test_head_direct_effects_remove_one_write_from_the_final_residual(info, batc
     without = final - head_contributions(info, trace, l)[:, 0, h]
     logp = target_log_probs(info, torch.stack([final, without], 1), final, targets[:, None])[..., 0]
     torch.testing.assert_close(effects[:, l, h], logp[:, 0] - logp[:, 1], atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Many prompts: neuron rankings, query neurons, zeroing sweeps
+
+
+def test_score_neurons_exact_scores_match_one_at_a_time_and_orders_start_with_them(info, trace):
+    final, targets = trace.final_resid[:, 0], trace.logits[:, 0].argmax(-1)
+    scores = A.score_neurons(info, trace, targets, n_exact=4)
+    n_total = info.n_layers * info.d_ff
+    assert scores.screen.shape == scores.dla.shape == scores.norm.shape == (len(targets), n_total)
+    bases = A.mlp_bases(info, trace)
+    for row in range(len(targets)):
+        scored = (~scores.log_prob[row].isnan()).nonzero()[:, 0]
+        assert 4 <= len(scored) <= 8  # the union of both screens' top 4
+        f = int(scored[0])
+        layer, k = divmod(f, info.d_ff)
+        sub = A.neuron_contributions(info, trace, layer, torch.tensor([k]))[row : row + 1, 0]
+        one = A.attribution_scores(info, bases[row : row + 1, layer], sub, final[row : row + 1], targets[row : row + 1])
+        torch.testing.assert_close(scores.log_prob[row, f], one["log_prob"][0, 0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(scores.prob[row, f], one["prob"][0, 0], atol=1e-5, rtol=1e-3)
+        order = scores.order("log-prob increase", row)
+        assert sorted(order.tolist()) == list(range(n_total))  # a permutation of every neuron
+        assert set(order[: len(scored)].tolist()) == set(scored.tolist())  # exactly scored neurons first
+        assert scores.log_prob[row, order[0]] == scores.log_prob[row, scored].max()
+        assert scores.order("activation", row)[0] == trace.stack("mlp_act", 0)[row].abs().flatten().argmax()
+    with pytest.raises(ValueError, match="unknown ranking"):
+        scores.order("logit", 0)
+
+
+def test_neuron_key_is_the_gradient_of_the_activation(info, trace):
+    layers = torch.tensor([info.n_layers - 1] * trace.positions.shape[0])
+    neurons = torch.arange(len(layers)) % info.d_ff
+    keys, values = A.neuron_keys(info, trace, layers, neurons)
+    assert keys.shape == (len(layers), info.d_model)
+    torch.testing.assert_close(values, trace.mlp_act[info.n_layers - 1][torch.arange(len(layers)), 0, neurons],
+                               atol=1e-4, rtol=1e-4)
+    # a small vector added to the MLP's input stream moves the activation by key . vector (norm frozen)
+    layer, row, k = info.n_layers - 1, 0, int(neurons[0])
+    at = trace.mlp_in[layer][row : row + 1, 0]
+    u = 1e-3 * torch.randn_like(at)
+    norm = info.mlp_in_norms[layer]
+    seen = {}
+    hook = info.mlp_out_projs[layer].register_forward_pre_hook(lambda m, a: seen.__setitem__("act", a[0]))
+    try:
+        with torch.no_grad():
+            info.mlps[layer]((A.frozen_norm(norm, at)(at + u) + A.norm_bias(norm))[:, None])
+    finally:
+        hook.remove()
+    torch.testing.assert_close(seen["act"][0, -1, k] - values[row], keys[row] @ u[0], atol=1e-6, rtol=2e-2)
+
+
+def test_query_scores_are_key_dot_subvalue_below_the_value_layer(info, trace):
+    batch = trace.positions.shape[0]
+    layers = torch.tensor([1] * batch)
+    keys = torch.randn(batch, info.d_model)
+    scores = A.query_scores(info, trace, keys, layers)
+    assert scores[:, info.d_ff :].isnan().all() and not scores[:, : info.d_ff].isnan().any()
+    sub = A.neuron_contributions(info, trace, 0, torch.tensor([3]))[:, 0, 0]
+    torch.testing.assert_close(scores[:, 3], (sub * keys).sum(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_zeroing_sweep_rows_equal_separate_ablations(info, batch):
+    from icl_utils.tracing import ablate_heads, ablate_neurons
+
+    ids = batch.input_ids[0, : int(batch.last_positions[0]) + 1].tolist()
+    target = 5
+    row_heads = [[], [(0, 1)], [], [(1, 0), (0, 0)]]
+    row_neurons = [{}, {}, {0: [1, 2], 1: [3]}, {1: [0]}]
+    out = A.zeroing_sweep(info, ids, target, row_heads, row_neurons, watch=(1, 3))
+    assert out["rank"].shape == (4,) and out["watched"].shape == (4,)
+    assert out["watched"][2] == 0  # the watched neuron itself was zeroed in row 2
+
+    def one_pass(heads, neurons):
+        with torch.no_grad(), ablate_heads(info, heads), ablate_neurons(info, neurons):
+            hidden = info.decoder(input_ids=torch.tensor([ids])).last_hidden_state[:, -1]
+            return torch.log_softmax(info.logits_from_final_hidden(hidden).float(), -1)[0, target]
+
+    for row in range(4):  # a whole-prompt ablation differs: the sweep acts at the last position only
+        positions = torch.tensor([[len(ids) - 1]])
+        with torch.no_grad(), ablate_heads(info, row_heads[row], positions=positions), \
+                ablate_neurons(info, row_neurons[row], positions=positions):
+            hidden = info.decoder(input_ids=torch.tensor([ids])).last_hidden_state[:, -1]
+            expected = torch.log_softmax(info.logits_from_final_hidden(hidden).float(), -1)[0, target]
+        torch.testing.assert_close(out["log_p"][row], expected, atol=1e-4, rtol=1e-4)
+    assert one_pass([], {}) == pytest.approx(float(out["log_p"][0]), abs=1e-4)
+    with pytest.raises(ValueError, match="one of each per row"):
+        A.zeroing_sweep(info, ids, target, row_heads, row_neurons[:2])
+
+
+def test_neuron_readouts_equal_the_subvalues_read_directly(info, trace):
+    final, targets = trace.final_resid[:, 0], trace.logits[:, 0].argmax(-1)
+    scores = A.score_neurons(info, trace, targets, n_exact=2)
+    subs = torch.cat([A.neuron_contributions(info, trace, l)[:, 0] for l in range(info.n_layers)], 1)  # (batch, L*d_ff, d)
+    torch.testing.assert_close(scores.dla, A.direct_logit_attribution(info, subs, final, targets), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores.norm, subs.norm(dim=-1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores.screen, A.neuron_screen(info, trace, targets).flatten(1), atol=1e-5, rtol=1e-4)
+    direction = torch.randn(final.shape[0], info.d_model)
+    expected = torch.einsum("bkd,bd->bk", A.neuron_contributions(info, trace, 1)[:, 0], direction)
+    torch.testing.assert_close(A.neuron_readout(info, trace, 1, direction), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_log_prob_and_gradient_match_autograd(info, trace):
+    final, targets = trace.final_resid[:, 0], trace.logits[:, 0].argmax(-1)
+    bases = A.mlp_bases(info, trace)
+    log_p, grad = A.log_prob_and_gradient(info, bases, final, targets, vocab_chunk=7)
+    torch.testing.assert_close(log_p, A.target_log_probs(info, bases, final, targets[:, None])[..., 0], atol=1e-5, rtol=1e-5)
+    ln_f = A.frozen_norm(info.final_norm, final[:, None].float())
+    with torch.enable_grad():
+        x = bases.float().clone().requires_grad_(True)
+        z = info.softcap((ln_f(x) + A.norm_bias(info.final_norm)) @ info.unembed.weight.detach().float().T
+                         + (0 if info.unembed.bias is None else info.unembed.bias.detach()))
+        lp = (z.gather(-1, targets[:, None, None].expand(-1, z.shape[1], 1))[..., 0] - torch.logsumexp(z, -1)).sum()
+        expected = torch.autograd.grad(lp, x)[0]
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_score_heads_exact_for_all_or_for_the_screened(info, trace):
+    targets = trace.logits[:, 0].argmax(-1)
+    every = A.score_heads(info, trace, targets)
+    expected = A.head_importance(info, trace, targets).flatten(1)
+    torch.testing.assert_close(every.log_prob, expected, atol=1e-4, rtol=1e-4)
+    some = A.score_heads(info, trace, targets, n_exact=1)
+    scored = ~some.log_prob.isnan()
+    assert (scored.sum(1) >= 1).all() and (scored.sum(1) <= 2).all()
+    torch.testing.assert_close(some.log_prob[scored], expected[scored], atol=1e-4, rtol=1e-4)
+    best = expected[0].masked_fill(~scored[0], float("-inf")).argmax()
+    assert some.order("log-prob increase", 0)[0] == best  # the exactly scored head with the best score comes first
+    with pytest.raises(ValueError, match="unknown ranking"):
+        some.order("activation", 0)
