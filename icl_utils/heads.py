@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attribution import head_importance
-from .evaluation import batches
+from .evaluation import batches_by_demonstrations
 from .models import Head, ModelInfo
 from .prompts import build_prompts, check_prompt_list, check_task, demo_set_ids, encode_prompts, label_token_ids
 from .tracing import run_with_trace
@@ -107,8 +107,14 @@ class HeadRanking:
 
 
 @torch.no_grad()
-def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True) -> dict:
+def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8, progress: bool = True,
+                             share_prefix: bool | None = None) -> dict:
     """Score every head on every prompt at its last position, in batches (one traced pass each).
+
+    share_prefix: batch prompts that share their demonstrations and run the demonstrations once per
+    batch (run_with_trace(..., share_prefix=True)): the same scores for a fraction of the tokens.
+    None (default): do so when the prompts come in demonstration sets (build_prompt_groups,
+    design_prompts), i.e. when grouping them leaves batches of two or more on average.
 
     Returns tensors of shape (n_prompts, n_layers, n_heads):
       "importance": log-probability increase of the gold label word (the paper's S(l, h));
@@ -125,10 +131,16 @@ def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8
     words = [prompts[0].label_words[c] for c in classes]
     word_ids = torch.tensor(label_token_ids(info.tokenizer, words))
     out = {f"importance_{w}": [] for w in words} | {"importance": [], "label_attention": [], "gold": []}
-    for chunk in tqdm(list(batches(prompts, batch_size)), desc="scoring heads", disable=not progress, leave=False):
+    groups = batches_by_demonstrations(prompts, batch_size)
+    if share_prefix is None:
+        share_prefix = len(groups) <= len(prompts) / 2
+    if not share_prefix:
+        groups = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
+    order = [i for g in groups for i in g]  # the prompts as they run; results are put back in the given order
+    for group in tqdm(groups, desc="scoring heads", disable=not progress, leave=False):
+        chunk = [prompts[i] for i in group]
         batch = encode_prompts(info, chunk)
-        trace = run_with_trace(info, batch,
-                               record=("resid", "head_out", "attn_out", "attn"))
+        trace = run_with_trace(info, batch, record=("resid", "head_out", "attn_out", "attn"), share_prefix=share_prefix)
         gold = torch.tensor([classes.index(g) for g in batch.gold])
         per_word = head_importance(info, trace, word_ids.expand(len(chunk), -1))  # (batch, L, H, words)
         for i, w in enumerate(words):
@@ -139,7 +151,8 @@ def head_scores_over_prompts(info: ModelInfo, prompts: list, batch_size: int = 8
                 for l in range(info.n_layers)]
         out["label_attention"].append(torch.stack(mass, 1))
         out["gold"].append(gold)
-    return {k: torch.cat(v) for k, v in out.items()}
+    back = torch.argsort(torch.tensor(order))
+    return {k: torch.cat(v)[back] for k, v in out.items()}
 
 
 def _check_batch_size(batch_size) -> None:

@@ -24,6 +24,17 @@ def test_rank_heads_averages_the_per_prompt_scores(info, prompts):
     assert ranking.top(3) == H.top_heads(ranking.importance, 3)
 
 
+def test_head_scores_with_shared_demonstrations_equal_whole_prompts(info, task):
+    from icl_utils import build_prompt_groups
+
+    groups = build_prompt_groups(task, 2, 4, demos_per_class=2, seed=3)
+    prompts = [groups[1][0], groups[0][0], groups[0][1], groups[1][1], groups[0][2], groups[0][3], groups[1][2], groups[1][3]]
+    shared = head_scores_over_prompts(info, prompts, batch_size=3, progress=False)  # auto: demonstration sets found
+    whole = head_scores_over_prompts(info, prompts, batch_size=3, progress=False, share_prefix=False)
+    for key in whole:  # the same numbers, in the order the prompts were given
+        torch.testing.assert_close(shared[key], whole[key], atol=1e-4, rtol=1e-4)
+
+
 def test_label_heads_are_disjoint_and_follow_the_paper_rule_otherwise():
     foo = torch.tensor([[3.0, 1.0], [2.0, 0.0]])
     bar = torch.tensor([[4.0, 0.5], [1.0, 2.5]])  # head (0, 0) tops both lists
