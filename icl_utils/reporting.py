@@ -20,14 +20,14 @@ random ones") is declared with direction "equivalent": the smallest effect that 
 margin of an equivalence test. Reproduced: the whole interval lies inside (-margin, +margin) around
 the null; contradicted: the whole interval lies outside it; otherwise inconclusive.
 
-No chapter writes a verdict by hand. Chapters not yet moved to this standard still save `Claim`
-rows (a hand-written verdict); the reproduction table shows them as "not graded".
+No chapter writes a verdict by hand. (A results file written by an older version of a chapter may
+still hold hand-written verdicts; the reproduction table shows such rows as "not graded".)
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -176,24 +176,11 @@ def declared_claims_table(specs: dict):
     return pd.DataFrame({name: spec.declaration() for name, spec in specs.items()}).T
 
 
-@dataclass
-class Claim:
-    """A claim with a hand-written verdict, from chapters not yet on the declared-claim standard."""
-
-    claim: str  # what the paper says, in one line
-    paper: str  # the paper's figure, with its setting (model, data)
-    book: str  # the book's figure, computed in this run, with its setting
-    verdict: str  # free text
-
-    def row(self) -> dict:
-        return {**asdict(self), "graded": False}
-
-
 TABLE_COLUMNS = ["claim", "task", "paper", "book", "estimate", "interval", "smallest effect", "verdict", "settle"]
 
 
 def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
-    """The claims (GradedClaim or Claim) as a pandas DataFrame, one row each; `columns=None` keeps
+    """The graded claims as a pandas DataFrame, one row each; `columns=None` keeps
     every field (metric, direction, unit, ...)."""
     import pandas as pd
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 import icl_utils.reporting as reporting
-from icl_utils.reporting import Claim, ClaimSpec, Verdict, grade, load_results, save_results
+from icl_utils.reporting import ClaimSpec, Verdict, grade, load_results, save_results
 from icl_utils.stats import Interval
 
 SPEC = ClaimSpec(
@@ -88,17 +88,17 @@ def results_dir(tmp_path, monkeypatch):
 
 def test_save_then_load_round_trips(results_dir):
     claims = [grade(SPEC, interval(0.3, 0.2, 0.4), "1 of 72 heads"),
-              Claim("q.k is similarity", "AUC high", "AUC 0.53", "not reproduced")]
+              grade(SPEC, interval(0.01, -0.05, 0.07), "AUC 0.53")]
     path = save_results("07_demo", {"model": "tiny", "accuracy": 0.75, "auc": float("nan")}, claims)
     assert path == results_dir / "07_demo.json"
     loaded = load_results("07_demo")
     assert loaded["chapter"] == "07_demo"
-    assert [c["verdict"] for c in loaded["claims"]] == ["reproduced", "not reproduced"]
-    assert [c["graded"] for c in loaded["claims"]] == [True, False]
+    assert [c["verdict"] for c in loaded["claims"]] == ["reproduced", "contradicted"]
+    assert [c["graded"] for c in loaded["claims"]] == [True, True]
     assert loaded["claims"][0]["interval"] == "[+0.200, +0.400]"
     assert loaded["results"]["accuracy"] == 0.75 and math.isnan(loaded["results"]["auc"])
     assert loaded["written"] == pytest.approx(path.stat().st_mtime)
-    assert json.loads(path.read_text())["claims"][1]["verdict"] == "not reproduced"
+    assert json.loads(path.read_text())["claims"][1]["verdict"] == "contradicted"
 
 
 def test_load_results_of_a_chapter_that_never_ran_says_what_to_do(results_dir):
