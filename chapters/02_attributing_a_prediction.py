@@ -641,6 +641,18 @@ def specs_for(kind: str) -> dict:
             metric=f"MRR, top-{K_SMALL} log-prob neurons zeroed minus top-{K_SMALL} {other} neurons zeroed", direction="decrease",
             smallest_effect=0.02, smallest_effect_reason="two points of MRR: a smaller gap would not change which ranking to use",
             control=f"the top-{K_SMALL} by {other}, same prompts", unit=unit, precondition=pre)
+    specs["1p. top neurons vs random"] = ClaimSpec(
+        claim=f"... and the target's probability (the paper's second measure): top-{K_SMALL} log-prob neurons vs random",
+        paper=PAPER_MRR, metric=f"target probability, top-{K_SMALL} log-prob neurons zeroed minus random {K_SMALL} zeroed",
+        direction="decrease", smallest_effect=0.02, smallest_effect_reason="two points of probability (the paper's drop: 3.7 points)",
+        control=f"{N_RANDOM} random sets of {K_SMALL} neurons per prompt", unit=unit, precondition=pre)
+    for other in ("prob increase", "DLA", "norm", "activation"):
+        specs[f"1p. log-prob vs {other}"] = ClaimSpec(
+            claim=f"... by probability: log-probability increase vs {other}",
+            paper="log-prob increase lowers MRR and probability most among the rankings compared (GPT2-large, Llama-7B)",
+            metric=f"target probability, top-{K_SMALL} log-prob neurons zeroed minus top-{K_SMALL} {other} neurons zeroed",
+            direction="decrease", smallest_effect=0.02, smallest_effect_reason="two points of probability",
+            control=f"the top-{K_SMALL} by {other}, same prompts", unit=unit, precondition=pre)
     specs["2. top neurons remove most"] = ClaimSpec(
         claim=f"Zeroing the top-{K_LARGE} neurons removes most of the MRR", paper="top 300: about 96% of the MRR removed (GPT2-large, Llama-7B)",
         metric=f"share of the clean MRR removed by zeroing the top-{K_LARGE} log-prob neurons", direction="increase",
@@ -913,6 +925,12 @@ for kind, label in KINDS.items():
     for other in ("prob increase", "DLA", "norm", "activation"):
         estimates[f"1. log-prob vs {other}"] = paired_difference(top10.values, per_prompt(kind, "neurons", other, K_SMALL).values,
                                                                 units, **kw)
+    p_top = per_prompt(kind, "neurons", "log-prob increase", K_SMALL, "p")
+    estimates["1p. top neurons vs random"] = paired_difference(p_top.values, random_matrix(kind, "neurons", K_SMALL, "p").mean(1),
+                                                               units, **kw)
+    for other in ("prob increase", "DLA", "norm", "activation"):
+        estimates[f"1p. log-prob vs {other}"] = paired_difference(p_top.values, per_prompt(kind, "neurons", other, K_SMALL, "p").values,
+                                                                 units, **kw)
     rr_clean, rr_300 = clean(kind).values, per_prompt(kind, "neurons", "log-prob increase", K_LARGE).values
     estimates["2. top neurons remove most"] = cluster_bootstrap(lambda r: 1 - rr_300[r].mean() / rr_clean[r].mean(), units, **kw)
     estimates["2. random neurons do little"] = paired_difference(rr_clean, random_matrix(kind, "neurons", K_LARGE).mean(1),
@@ -936,6 +954,11 @@ for kind, label in KINDS.items():
                                        f"{random_matrix(kind, 'neurons', K_SMALL).mean():.3f} (random {K_SMALL}); p {clean(kind, 'p').mean():.1%} -> "
                                        f"{per_prompt(kind, 'neurons', 'log-prob increase', K_SMALL, 'p').mean():.1%}",
         **{f"1. log-prob vs {o}": f"MRR after top {K_SMALL}: log-prob {mrr['log-prob increase']:.3f}, {o} {mrr[o]:.3f}"
+           for o in ("prob increase", "DLA", "norm", "activation")},
+        "1p. top neurons vs random": f"p {clean(kind, 'p').mean():.1%} -> {p_top.mean():.1%} (top {K_SMALL} by log-prob), "
+                                     f"{random_matrix(kind, 'neurons', K_SMALL, 'p').mean():.1%} (random {K_SMALL})",
+        **{f"1p. log-prob vs {o}": f"p after top {K_SMALL}: log-prob {p_top.mean():.1%}, {o} "
+                                   f"{per_prompt(kind, 'neurons', o, K_SMALL, 'p').mean():.1%}"
            for o in ("prob increase", "DLA", "norm", "activation")},
         "2. top neurons remove most": f"MRR {rr_clean.mean():.3f} -> {rr_300.mean():.3f} (top {K_LARGE})",
         "2. random neurons do little": f"MRR {rr_clean.mean():.3f} -> {random_matrix(kind, 'neurons', K_LARGE).mean():.3f} (random {K_LARGE})",
@@ -963,9 +986,13 @@ claims_table(graded)
 # only fall). The in-context prompts are those whose gold label word is the model's top-1 token;
 # with the default model's prior for one label word (chapter 1) they are mostly prompts of one
 # class, predicted with high probability. Zeroing ten neurons rarely moves such a target off rank
-# 1, so on them the neuron rows compare rankings that all leave the MRR where it was (the book
-# column gives the probability too), while the heads row shows where those predictions are
-# carried: chapter 3's in-context heads. Where a verdict differs between facts and in-context
+# 1, so on them the MRR rows compare rankings that all leave the MRR where it was; the rows graded
+# on probability ("1p.") still separate the rankings, and the heads row shows where those
+# predictions are carried: chapter 3's in-context heads. One reason the log-probability score can
+# lose there: it measures a neuron at its own layer's residual stream, and where the target is
+# already likely at that point a neuron can add little log-probability however much it writes, so
+# the score favours layers where the target is still unlikely, while DLA reads every write at the
+# end of the model. Where a verdict differs between facts and in-context
 # prompts, the table puts them side by side. The additivity claim is tested one way (removing
 # neurons' writes from the final residual, where the final norm is frozen); other
 # decompositions could behave differently.
