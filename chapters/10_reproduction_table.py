@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 9. The reproduction table
+# # 10. The reproduction table
 #
 # **Question.** Which of the papers' claims does this book reproduce on its small embedded model,
 # which only in part, and which not at all?
@@ -38,7 +38,8 @@
 #
 # Graded claims carry the verdict enum of `icl_utils.reporting.Verdict` (reproduced, contradicted,
 # inconclusive, not testable, differs) with the estimate, its interval and the smallest effect
-# that counts; rows from chapters not yet on that standard are shown as *not graded*.
+# that counts. (A results file written by an older version of a chapter may still hold a
+# hand-written verdict; such a row is shown as *not graded*.)
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
@@ -78,7 +79,7 @@ from icl_utils.reporting import RESULTS_DIR, load_results, save_results
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
-CHAPTER = "09_reproduction_table"
+CHAPTER = "10_reproduction_table"
 ROOT = Path.cwd().parent  # chapters run from the repository's chapters/ folder (papermill and Jupyter both do)
 if not (ROOT / "_toc.yml").exists():
     raise FileNotFoundError(f"no _toc.yml in {ROOT}: open this notebook from the repository's chapters/ folder")
@@ -151,7 +152,7 @@ for c in chapters:
         results, written = c["payload"]["results"], c["payload"]["written"]
         params = papermill_parameters(c["name"], written)
         row.update({
-            "model": results.get("model", "not recorded"),
+            "model": results.get("model") or results.get("trained_model", "not recorded"),  # ch. 9 trains its own
             "claims": len(c["payload"]["claims"]),
             "runtime (s)": results.get("runtime_s"),
             "written": utc(written),
@@ -199,9 +200,9 @@ if chosen:
 # before its numbers and grade it with one function (`icl_utils.reporting.grade`): green
 # *reproduced*, red *contradicted*, amber *inconclusive* (the row says how small an effect the
 # design could detect and how many units would settle it), grey *not testable* (the claim's
-# precondition failed), blue *differs* (a stated structural reason). Chapters not yet moved to
-# that standard still carry a hand-written verdict; their rows are marked *not graded* (white) and
-# are counted apart. The *book* column is the figure the chapter computed when it ran, on the
+# precondition failed), blue *differs* (a stated structural reason). A row from a results file
+# written by an older version of a chapter, with a hand-written verdict, is marked *not graded*
+# (white) and counted apart; rerun that chapter to grade it. The *book* column is the figure the chapter computed when it ran, on the
 # model and parameters shown above.
 
 # %%
