@@ -694,7 +694,7 @@ pd.DataFrame(membership).round(3)
 save_results(
     "08_induction_and_fv_heads",
     {
-        "model": MODELS[0], "models": MODELS,  # "model": the first, which chapter 9's table is for
+        "model": MODELS[0], "models": MODELS,  # "model": the first, which chapter 10's table is for
         **{m: {
             "format": setup[m]["format"], "tasks": setup[m]["tasks"],
             "task_accuracy": setup[m]["table"].accuracy.to_dict(),
