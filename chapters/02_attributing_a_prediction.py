@@ -766,8 +766,10 @@ def run_kind(kind: str, id_lists: list, target_ids: list, units: list) -> tuple:
         final = trace.final_resid[:, 0]
         head_scores_ = A.score_heads(info, trace, tgt, n_exact=N_EXACT_HEADS)
         scores = A.score_neurons(info, trace, tgt, n_exact=N_EXACT)
-        value = torch.stack([next(f for f in scores.order("log-prob increase", r)[:200] if f // d_ff >= 2)
-                             for r in range(len(chunk))])
+        if L < 3:
+            raise ValueError(f"{MODEL} has {L} layers: query neurons need a value neuron in layer 2 or above")
+        value = torch.stack([next(f for f in scores.order("log-prob increase", r) if f // d_ff >= 2)
+                             for r in range(len(chunk))])  # each prompt's best neuron in layer 2 or above
         value_layer, value_neuron = value // d_ff, value % d_ff
         keys, value_act = A.neuron_keys(info, trace, value_layer, value_neuron)
         support = A.query_scores(info, trace, keys, value_layer) * value_act.sign()[:, None]
