@@ -93,7 +93,7 @@ N_EXACT = 16  # many prompts: neurons scored exactly per prompt and screen (log-
 NEURON_KS = [10, 30, 100, 300]  # neurons zeroed, log-probability ranking (the paper: 10 and 300)
 OTHER_KS = [10, 300]  # neurons zeroed, the other four rankings and random sets
 HEAD_SHARE = 0.05  # heads zeroed: this share of the model's heads
-N_RANDOM = 5  # random sets per prompt and size, drawn afresh for each prompt (hundreds of sets in all)
+N_RANDOM = 20  # random sets per prompt and size, drawn afresh for each prompt (thousands of sets in all)
 N_EXACT_HEADS = 8  # heads scored exactly per prompt and screen
 N_QUERY = 10  # query neurons zeroed per value neuron
 N_ADDITIVE = 20  # additivity: subsets drawn from each prompt's top neurons by DLA ...
@@ -707,7 +707,7 @@ print(f"Rankings of the neurons: {RANKING_NOTE}. In-context prompts: the same cl
 # **query neurons** are the lower-layer neurons with the largest key·subvalue
 # (`attribution.neuron_keys`, `attribution.query_scores`). Then each prompt's whole set of
 # ablations (each ranking's top sets, the random sets, the query neurons and their controls:
-# about forty) runs as the rows of one batched one-token step over the prompt's cached keys and
+# about a hundred) runs as the rows of one batched one-token step over the prompt's cached keys and
 # values (`attribution.zeroing_sweep`), which also reads the value neuron's activation in each row.
 
 # %%
