@@ -254,3 +254,61 @@ def test_a_revision_of_an_embedded_model_is_refused_before_loading(monkeypatch):
     monkeypatch.setattr(models, "_load_embedded", lambda *a: pytest.fail("loaded the model before refusing"))
     with pytest.raises(ValueError, match="one version only"):
         icl_utils.load_model("gemma3-270m", revision="step1000")
+
+
+
+def _tiny_gguf(path, vocabulary):
+    """A small GGUF file: a string array (like a vocabulary), a float array, a scalar and one tensor."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list(vocabulary)
+    writer.add_token_scores([float(-i) for i in range(len(vocabulary))])
+    writer.add_context_length(64)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_parsed_once_shares_one_reader_that_reads_what_gguf_reads(tmp_path):
+    """Inside the block every read-only GGUFReader of the file is one shared reader, whose fields and
+    tensors equal gguf's own; another file gets its own reader; on exit gguf's class is back."""
+    import gguf
+    import numpy as np
+
+    from icl_utils.models import gguf_parsed_once
+
+    path = _tiny_gguf(tmp_path / "tiny.gguf", ["<unk>", "▁cat", "▁dog", "é", "\n\n"])
+    other = _tiny_gguf(tmp_path / "other.gguf", ["<unk>", "x"])
+    plain = gguf.GGUFReader(str(path))
+    original = gguf.GGUFReader
+    with gguf_parsed_once(path) as shared:
+        assert gguf.GGUFReader(str(path)) is shared and gguf.GGUFReader(path, "r") is shared
+        assert gguf.GGUFReader(str(other)) is not shared  # a different file is parsed as usual
+        assert type(shared.data) is np.ndarray  # not np.memmap: the point of the shared reader
+    assert gguf.GGUFReader is original
+    assert list(shared.fields) == list(plain.fields)
+    for key, field in plain.fields.items():
+        ours = shared.fields[key]
+        assert ours.types == field.types and list(ours.data) == list(field.data), key
+        assert all(np.array_equal(a, b) for a, b in zip(ours.parts, field.parts, strict=True)), key
+    tokens = shared.fields["tokenizer.ggml.tokens"]
+    assert [bytes(tokens.parts[i]).decode() for i in tokens.data] == ["<unk>", "▁cat", "▁dog", "é", "\n\n"]
+    (ours,), (theirs,) = shared.tensors, plain.tensors
+    assert ours.name == theirs.name and np.array_equal(ours.data, theirs.data)
+
+
+def test_gguf_parsed_once_restores_gguf_after_an_error(tmp_path):
+    import gguf
+
+    from icl_utils.models import gguf_parsed_once
+
+    path = _tiny_gguf(tmp_path / "tiny.gguf", ["<unk>", "a"])
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError, match="boom"), gguf_parsed_once(path):
+        raise RuntimeError("boom")
+    assert gguf.GGUFReader is original
