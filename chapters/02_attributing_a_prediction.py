@@ -707,8 +707,11 @@ print(f"Rankings of the neurons: {RANKING_NOTE}. In-context prompts: the same cl
 # **query neurons** are the lower-layer neurons with the largest key·subvalue
 # (`attribution.neuron_keys`, `attribution.query_scores`). Then each prompt's whole set of
 # ablations (each ranking's top sets, the random sets, the query neurons and their controls:
-# about a hundred) runs as the rows of one batched one-token step over the prompt's cached keys and
-# values (`attribution.zeroing_sweep`), which also reads the value neuron's activation in each row.
+# about a hundred) replays the prompt's last token once per ablation over its cached keys and
+# values, the copies packed side by side after the prefix; the whole batch of prompts takes one such
+# step (`attribution.zeroing_sweeps_hidden`), which also reads each row's value-neuron activation.
+# The target's log-probability and rank in every row, with the additivity test's and the screen
+# check's rows, then come from one pass over the unembedding (`attribution.unembedded_log_probs`).
 
 # %%
 n_total = L * d_ff
@@ -741,16 +744,19 @@ def settings_for(neurons: A.ComponentScores, heads: A.ComponentScores, row: int,
     return out
 
 
-def additivity_errors(final: torch.Tensor, subvalues: torch.Tensor, target: int, subsets: list) -> dict:
-    """Remove each subvalue alone and each subset together from the final residual (ln_f frozen there):
-    the additivity error of the log-probability and of the probability lost."""
-    removed = torch.cat([subvalues, torch.stack([subvalues[list(s)].sum(0) for s in subsets])])
-    logp = A.target_log_probs(info, torch.cat([final[None], final[None] - removed])[None], final[None],
-                              torch.tensor([[target]]))[0, :, 0].double()
+def removed_from_final(subvalues: torch.Tensor, subsets: list) -> torch.Tensor:
+    """What the additivity test removes from the final residual: each subvalue alone, then each subset together."""
+    return torch.cat([subvalues, torch.stack([subvalues[list(s)].sum(0) for s in subsets])])
+
+
+def additivity_errors(logp: torch.Tensor, n_single: int, subsets: list) -> dict:
+    """From log p(w) at the final residual (logp[0]) and with each removal of removed_from_final (ln_f frozen
+    there): the additivity error of the log-probability and of the probability lost."""
+    logp = logp.double()
     errors = {}
     for measure, f in {"log-prob": lambda x: x, "prob": torch.exp}.items():
         lost = f(logp[0]) - f(logp[1:])
-        single, joint = lost[: len(subvalues)], lost[len(subvalues) :]
+        single, joint = lost[:n_single], lost[n_single:]
         total = torch.stack([single[list(s)].sum() for s in subsets])
         errors[measure] = ((joint - total).abs() / (joint.abs() + total.abs()).clamp_min(1e-12)).mean().item()
     return errors
@@ -773,25 +779,25 @@ def run_kind(kind: str, id_lists: list, target_ids: list, units: list) -> tuple:
         value_layer, value_neuron = value // d_ff, value % d_ff
         keys, value_act = A.neuron_keys(info, trace, value_layer, value_neuron)
         support = A.query_scores(info, trace, keys, value_layer) * value_act.sign()[:, None]
+        settings = [settings_for(scores, head_scores_, r, support, int(value_layer[r]), random.Random(f"{SEED}-{kind}-{begin + r}"))
+                    for r in range(len(chunk))]
+        # every prompt's sweep in one packed pass; its rows, the additivity removals and the screen checks
+        # are then unembedded together (many rows per product)
+        hidden, watched = A.zeroing_sweeps_hidden(info, chunk, [[s[4] for s in st] for st in settings],
+                                                  [[neurons_by_layer(s[5]) for s in st] for st in settings],
+                                                  watches=list(zip(value_layer.tolist(), value_neuron.tolist())))
+        readout_rows, readout_targets = [hidden], [tgt.repeat_interleave(torch.tensor([len(st) for st in settings]))]
+        subsets_, checks = [], {}
         for r in range(len(chunk)):
             prompt = begin + r
-            settings = settings_for(scores, head_scores_, r, support, int(value_layer[r]), random.Random(f"{SEED}-{kind}-{prompt}"))
-            out = A.zeroing_sweep(info, chunk[r], int(tgt[r]), [s[4] for s in settings],
-                                  [neurons_by_layer(s[5]) for s in settings], watch=(int(value_layer[r]), int(value_neuron[r])))
-            helpful = value_act[r].sign()  # the direction in which the value neuron helps
-            for j, (unit, ranking, k, draw, _, _) in enumerate(settings):
-                rows.append({"kind": kind, "prompt": prompt, "unit": units[prompt], "components": unit, "ranking": ranking,
-                             "k": k, "draw": draw, "p": out["p"][j].item(), "log p": out["log_p"][j].item(),
-                             "rr": 1 / out["rank"][j].item(), "value act": (helpful * out["watched"][j]).item()})
             top_dla = scores.dla[r].topk(N_ADDITIVE).indices
             subvalues = torch.cat([A.neuron_contributions(info, trace, int(f) // d_ff, torch.tensor([int(f) % d_ff]))[r, 0]
                                    for f in top_dla])
             draw_rng = np.random.default_rng([SEED, prompt])
-            subsets = [draw_rng.choice(N_ADDITIVE, SUBSET_SIZE, replace=False) for _ in range(N_SUBSETS)]
-            record = {"kind": kind, "prompt": prompt, "unit": units[prompt], "value layer": int(value_layer[r]),
-                      "value act": abs(value_act[r].item()),
-                      "top10 layers": [int(f) // d_ff for f in scores.order("log-prob increase", r)[:10]],
-                      **{f"additivity error, {m}": e for m, e in additivity_errors(final[r], subvalues, int(tgt[r]), subsets).items()}}
+            subsets_.append([draw_rng.choice(N_ADDITIVE, SUBSET_SIZE, replace=False) for _ in range(N_SUBSETS)])
+            points = torch.cat([final[r][None], final[r][None] - removed_from_final(subvalues, subsets_[-1])])
+            readout_rows.append(A.final_norm_inputs(info, points[None], final[r : r + 1])[0])
+            readout_targets.append(tgt[r].repeat(len(points)))
             if prompt in check_rows:  # the screen against exact scores, on random neurons
                 sample = torch.randperm(n_total, generator=torch.Generator().manual_seed(SEED + prompt))[:N_CHECK_NEURONS]
                 layers_ = sample // d_ff
@@ -799,9 +805,35 @@ def run_kind(kind: str, id_lists: list, target_ids: list, units: list) -> tuple:
                 sample, layers_ = sample[order_], layers_[order_]
                 subs = torch.cat([A.neuron_contributions(info, trace, int(l), sample[layers_ == l] % d_ff)[r : r + 1, 0]
                                   for l in layers_.unique()], 1)
-                exact_ = A.attribution_scores(info, A.mlp_bases(info, trace)[r : r + 1], subs, final[r : r + 1], tgt[r : r + 1],
-                                              base_index=layers_)["log_prob"][0]
+                bases_ = A.mlp_bases(info, trace)[r : r + 1]
+                points = torch.cat([bases_[:, layers_] + subs, bases_], 1)  # each neuron on its base, then the bases
+                readout_rows.append(A.final_norm_inputs(info, points, final[r : r + 1])[0])
+                readout_targets.append(tgt[r].repeat(points.shape[1]))
+                checks[r] = (sample, layers_)
+        log_p_all, rank_all = A.unembedded_log_probs(info, torch.cat(readout_rows), torch.cat(readout_targets), rank=True)
+        at = 0
+        for r in range(len(chunk)):  # the sweeps' rows come first, prompt by prompt
+            prompt = begin + r
+            helpful = value_act[r].sign()  # the direction in which the value neuron helps
+            for j, (unit, ranking, k, draw, _, _) in enumerate(settings[r]):
+                rows.append({"kind": kind, "prompt": prompt, "unit": units[prompt], "components": unit, "ranking": ranking,
+                             "k": k, "draw": draw, "p": log_p_all[at + j].exp().item(), "log p": log_p_all[at + j].item(),
+                             "rr": 1 / rank_all[at + j].item(), "value act": (helpful * watched[at + j]).item()})
+            at += len(settings[r])
+        for r in range(len(chunk)):
+            prompt = begin + r
+            n_points = 1 + N_ADDITIVE + N_SUBSETS
+            record = {"kind": kind, "prompt": prompt, "unit": units[prompt], "value layer": int(value_layer[r]),
+                      "value act": abs(value_act[r].item()),
+                      "top10 layers": [int(f) // d_ff for f in scores.order("log-prob increase", r)[:10]],
+                      **{f"additivity error, {m}": e
+                         for m, e in additivity_errors(log_p_all[at : at + n_points], N_ADDITIVE, subsets_[r]).items()}}
+            at += n_points
+            if r in checks:
+                sample, layers_ = checks[r]
+                exact_ = log_p_all[at : at + len(sample)] - log_p_all[at + len(sample) : at + len(sample) + L][layers_]
                 record["screen vs exact (Spearman)"] = spearman(scores.screen[r, sample], exact_)
+                at += len(sample) + L
             extra.append(record)
     return pd.DataFrame(rows), pd.DataFrame(extra)
 

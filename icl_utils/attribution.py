@@ -88,29 +88,89 @@ def neuron_contributions(info: ModelInfo, trace: Trace, layer: int, neurons: tor
     return sub if norm is None else frozen_norm(norm, trace.mlp_out[layer][:, :, None])(sub)
 
 
+def final_norm_inputs(info: ModelInfo, resid: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    """What the unembedding reads for residual vectors resid (batch, n, d): ln_f(x) with ln_f's scale
+    frozen at `final` (batch, d), plus the norm's bias: (batch, n, d), float, on the model's device."""
+    device = info.unembed.weight.device
+    return frozen_norm(info.final_norm, final[:, None].float())(resid.float()).to(device) + norm_bias(info.final_norm)
+
+
 @torch.no_grad()
+def unembedded_log_probs(info: ModelInfo, y: torch.Tensor, targets: torch.Tensor, rank: bool = False,
+                         vocab_chunk: int = 2048, row_block: int = 1024) -> tuple:
+    """log softmax(softcap(E_u y))[targets] for rows y (rows, d) that the unembedding reads directly
+    (final-normed hidden states, or final_norm_inputs), targets (rows,) or (rows, t) token ids:
+    (log_p, rank) shaped like targets, on the CPU; rank (1 = no other token scores higher) only when
+    rank=True, else None.
+
+    The vocabulary-sized logits are never materialised: each (row block, vocabulary chunk) product
+    is reduced at once (a running sum of exponentials, and a count of tokens above the target), so
+    it stays in cache. With Gemma's softcap every logit lies in [-cap, cap], so exp(z - cap) can
+    neither overflow nor underflow and needs no running maximum; other models keep one. Pass many
+    rows at once: few-row products waste a CPU, and the unembedding (Gemma: 262k x 640) is read
+    once per row block.
+    """
+    w_u = info.unembed.weight.detach()
+    device = w_u.device
+    bias_u = getattr(info.unembed, "bias", None)
+    bias_u = None if bias_u is None else bias_u.detach().float()
+    cap = getattr(info.model.config, "final_logit_softcapping", None)
+    one_target = targets.dim() == 1
+    targets = (targets[:, None] if one_target else targets).to(device)
+    y = y.to(device).float()
+    if len(targets) != len(y):
+        raise ValueError(f"unembedded_log_probs needs one row of targets per row: {len(y)} rows, {len(targets)} targets")
+    z_t = torch.einsum("rd,rtd->rt", y, w_u[targets].float())  # the targets' logits, (rows, t)
+    if bias_u is not None:
+        z_t = z_t + bias_u[targets]
+    if cap:
+        z_t = torch.tanh(z_t / cap) * cap
+    lse = torch.empty(len(y), device=device)
+    higher = torch.zeros(targets.shape, dtype=torch.long, device=device) if rank else None
+    for r0 in range(0, len(y), row_block):
+        rows = slice(r0, r0 + row_block)
+        block, t_block = y[rows], targets[rows]
+        total = torch.zeros(len(block), device=device)
+        shift = torch.full((len(block),), float(cap) if cap else float("-inf"), device=device)
+        for v0 in range(0, w_u.shape[0], vocab_chunk):
+            z = block @ w_u[v0 : v0 + vocab_chunk].float().T
+            if bias_u is not None:
+                z += bias_u[v0 : v0 + vocab_chunk]
+            if cap:
+                z.div_(cap).tanh_().mul_(cap)
+            if rank:
+                for j in range(t_block.shape[1]):
+                    above = z > z_t[rows, j, None]
+                    inside = ((t_block[:, j] >= v0) & (t_block[:, j] < v0 + z.shape[1])).nonzero()[:, 0]
+                    above[inside, t_block[inside, j] - v0] = False  # the target never counts against itself
+                    higher[rows, j] += above.sum(-1)
+            if not cap:  # a running maximum keeps the exponentials finite
+                new_shift = torch.maximum(shift, z.amax(-1))
+                total *= torch.exp(shift - new_shift)
+                shift = new_shift
+            total += z.sub_(shift[:, None]).exp_().sum(-1)
+        lse[rows] = total.log() + shift
+    log_p = (z_t - lse[:, None]).cpu()
+    rank_ = None if higher is None else (higher + 1).cpu()
+    if one_target:
+        return log_p[:, 0], None if rank_ is None else rank_[:, 0]
+    return log_p, rank_
+
+
 def target_log_probs(info: ModelInfo, resid: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
-                     vocab_chunk: int = 16384) -> torch.Tensor:
+                     vocab_chunk: int = 2048) -> torch.Tensor:
     """log p(target | x) = log softmax(E_u ln_f(x))[target], ln_f's scale frozen at `final`.
 
     resid: (batch, n, d) residual vectors x; final: (batch, d) the real final residual;
     targets: (batch, t) token ids. Returns (batch, n, t).
-    The unembedding is read once, in vocabulary chunks, for all n vectors together: with a large
-    vocabulary (Gemma: 262k x 640 floats = 670 MB) reading it, not the arithmetic, is the cost.
+    All n vectors of every prompt are unembedded together, in vocabulary chunks
+    (unembedded_log_probs): with a large vocabulary (Gemma: 262k x 640 floats = 670 MB) reading it,
+    not the arithmetic, is the cost of few rows.
     """
-    w_u = info.unembed.weight.detach()  # (vocab, d), on the model's device (a GPU when there is one)
-    device = w_u.device
-    x = frozen_norm(info.final_norm, final[:, None].float())(resid.float()).to(device) + norm_bias(info.final_norm)
-    bias_u = getattr(info.unembed, "bias", None)
-    bias_u = torch.zeros(w_u.shape[0], device=device) if bias_u is None else bias_u.detach().float()
-    targets = targets.to(device)
-    cap = info.softcap
-    lse = torch.full(x.shape[:-1], -torch.inf, device=device)  # running logsumexp over the vocabulary
-    for start in range(0, w_u.shape[0], vocab_chunk):
-        z = cap(x @ w_u[start : start + vocab_chunk].float().T + bias_u[start : start + vocab_chunk])
-        lse = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
-    z_target = cap(torch.einsum("bnd,btd->bnt", x, w_u[targets].float()) + bias_u[targets][:, None])
-    return (z_target - lse[..., None]).cpu()
+    batch, n, _ = resid.shape
+    y = final_norm_inputs(info, resid, final).flatten(0, 1)  # (batch * n, d)
+    rows_targets = targets.repeat_interleave(n, dim=0)  # (batch * n, t)
+    return unembedded_log_probs(info, y, rows_targets, vocab_chunk=vocab_chunk)[0].view(batch, n, -1)
 
 
 def log_prob_increase(info: ModelInfo, base: torch.Tensor, vectors: torch.Tensor, final: torch.Tensor,
@@ -259,47 +319,64 @@ def linear_adjoint(linear_map, at: torch.Tensor, u: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def log_prob_and_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
-                          vocab_chunk: int = 16384) -> tuple:
+                          vocab_chunk: int = 2048, row_block: int = 1024) -> tuple:
     """log p(target | x) and its gradient at x = each base, ln_f frozen at `final`: ((batch, n), (batch, n, d)).
 
     grad . v is the first-order estimate of Imp(v) at that base: one softmax per base instead of one
-    per vector, which is what makes screening 10^4-10^5 neurons affordable. Computed by hand in
-    vocabulary chunks (the logits' gradient is onehot(target) - softmax, through the softcap), two
-    products with the unembedding per base, without autograd's vocabulary-sized intermediates.
+    per vector, which is what makes screening 10^4-10^5 neurons affordable. Computed by hand (the
+    logits' gradient is onehot(target) - softmax, through the softcap): two products with the
+    unembedding per base, in one pass over vocabulary chunks, the softmax-weighted sum of
+    unembedding rows accumulated on the fly (rescaled by a running maximum when the model has no
+    softcap), without autograd's or the softmax's vocabulary-sized intermediates.
     bases: (batch, n, d); targets: (batch,).
     """
     w_u = info.unembed.weight.detach()
     device = w_u.device
-    ln_f = frozen_norm(info.final_norm, final[:, None].float())
-    y = (ln_f(bases.float()).to(device) + norm_bias(info.final_norm)).float()  # (batch, n, d)
+    batch, n, d = bases.shape
+    y = final_norm_inputs(info, bases, final).flatten(0, 1)  # (batch * n, d)
+    rows_targets = targets.to(device).repeat_interleave(n)  # (batch * n,)
     bias_u = getattr(info.unembed, "bias", None)
+    bias_u = None if bias_u is None else bias_u.detach().float()
     cap = getattr(info.model.config, "final_logit_softcapping", None)
-
-    def raw_logits(start):
-        z = y @ w_u[start : start + vocab_chunk].float().T
-        return z if bias_u is None else z + bias_u[start : start + vocab_chunk].detach().float()
-
-    def capped(z):
-        return torch.tanh(z / cap) * cap if cap else z
-
-    def cap_slope(z):
-        return 1 - torch.tanh(z / cap) ** 2 if cap else torch.ones_like(z)
-
-    chunks, lse = [], torch.full(y.shape[:-1], -torch.inf, device=device)
-    for start in range(0, w_u.shape[0], vocab_chunk):
-        chunks.append(raw_logits(start))
-        lse = torch.logaddexp(lse, torch.logsumexp(capped(chunks[-1]), dim=-1))
-    grad_y = torch.zeros_like(y)
-    for i, start in enumerate(range(0, w_u.shape[0], vocab_chunk)):
-        z = chunks[i]
-        grad_y -= (torch.exp(capped(z) - lse[..., None]) * cap_slope(z)) @ w_u[start : start + vocab_chunk].float()
-    rows = w_u[targets.to(device)].float()  # (batch, d)
-    z_target = torch.einsum("bnd,bd->bn", y, rows)
+    grad_y, lse = torch.empty_like(y), torch.empty(len(y), device=device)
+    for r0 in range(0, len(y), row_block):
+        block = y[r0 : r0 + row_block]
+        total = torch.zeros(len(block), device=device)  # sum of exp(capped logit - shift)
+        weighted = torch.zeros_like(block)  # sum of exp(capped logit - shift) * cap slope * unembedding row
+        shift = torch.full((len(block),), float(cap) if cap else float("-inf"), device=device)
+        for v0 in range(0, w_u.shape[0], vocab_chunk):
+            rows_u = w_u[v0 : v0 + vocab_chunk].float()
+            z = block @ rows_u.T
+            if bias_u is not None:
+                z += bias_u[v0 : v0 + vocab_chunk]
+            if cap:
+                z.div_(cap).tanh_()  # tanh(z / cap): the capped logit over cap
+                slope = 1 - z * z  # d capped / d z
+                z.mul_(cap)
+            else:
+                new_shift = torch.maximum(shift, z.amax(-1))
+                rescale = torch.exp(shift - new_shift)
+                total *= rescale
+                weighted *= rescale[:, None]
+                shift = new_shift
+            e = z.sub_(shift[:, None]).exp_()
+            total += e.sum(-1)
+            weighted += (e * slope if cap else e) @ rows_u
+        lse[r0 : r0 + row_block] = total.log() + shift
+        grad_y[r0 : r0 + row_block] = -weighted / total[:, None]
+    rows = w_u[rows_targets].float()  # (batch * n, d)
+    z_target = (y * rows).sum(-1)
     if bias_u is not None:
-        z_target = z_target + bias_u.detach().float()[targets.to(device)][:, None]
-    grad_y += cap_slope(z_target)[..., None] * rows[:, None]
-    log_p = (capped(z_target) - lse).cpu()
-    return log_p, linear_adjoint(ln_f, final[:, None].float(), grad_y.cpu())
+        z_target = z_target + bias_u[rows_targets]
+    if cap:
+        capped_t = torch.tanh(z_target / cap)
+        grad_y += (1 - capped_t**2)[:, None] * rows
+        z_target = capped_t * cap
+    else:
+        grad_y += rows
+    log_p = (z_target - lse).view(batch, n).cpu()
+    ln_f = frozen_norm(info.final_norm, final[:, None].float())
+    return log_p, linear_adjoint(ln_f, final[:, None].float(), grad_y.view(batch, n, d).cpu())
 
 
 def log_prob_gradient(info: ModelInfo, bases: torch.Tensor, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -427,15 +504,23 @@ def _exact_candidates(info: ModelInfo, screen, screen_prob, n_exact: int, vector
                       base_log_probs) -> tuple:
     """Exact log-probability and probability increases of each row's n_exact best components by each
     screen (NaN elsewhere). vectors_of(row, chosen) -> (1, n, d); base_of(chosen) -> base index of each;
-    base_log_probs (batch, n_bases): log p(w | h) at each base."""
+    base_log_probs (batch, n_bases): log p(w | h) at each base. Every row's candidates are
+    unembedded together (padded to the longest row's count with copies of its first candidate)."""
     log_prob = torch.full_like(screen, float("nan"))
     prob = torch.full_like(screen, float("nan"))
     n_exact = min(n_exact, screen.shape[1])
-    for row in range(len(targets)):
-        chosen = torch.cat([screen[row].topk(n_exact).indices, screen_prob[row].topk(n_exact).indices]).unique()
-        result = attribution_scores(info, bases[row : row + 1], vectors_of(row, chosen), final[row : row + 1],
-                                    targets[row : row + 1], base_index=base_of(chosen), base_log_probs=base_log_probs[row : row + 1])
-        log_prob[row, chosen], prob[row, chosen] = result["log_prob"][0], result["prob"][0]
+    chosen = [torch.cat([screen[row].topk(n_exact).indices, screen_prob[row].topk(n_exact).indices]).unique()
+              for row in range(len(targets))]
+    width = max(len(c) for c in chosen)
+    points = []
+    for row, c in enumerate(chosen):
+        p = bases[row : row + 1, base_of(c)].float() + vectors_of(row, c).float()  # (1, len(c), d)
+        points.append(torch.cat([p, p[:, :1].expand(-1, width - len(c), -1)], 1))
+    log_p = target_log_probs(info, torch.cat(points), final, targets[:, None])[..., 0]  # (batch, width)
+    for row, c in enumerate(chosen):
+        log_p_h = base_log_probs[row, base_of(c)]
+        log_prob[row, c] = log_p[row, : len(c)] - log_p_h
+        prob[row, c] = log_p[row, : len(c)].exp() - log_p_h.exp()
     return log_prob, prob
 
 
@@ -558,14 +643,10 @@ def query_scores(info: ModelInfo, trace: Trace, keys: torch.Tensor, layers: torc
 
 
 @torch.no_grad()
-def zeroing_sweep(info: ModelInfo, ids: list, target: int, row_heads: list, row_neurons: list, watch=None) -> dict:
-    """Zero a different set of heads (row_heads[i]: [(layer, head)]) and FFN neurons (row_neurons[i]:
-    {layer: [neurons]}) in each row, at the prompt's last position only, and read the target there.
-
-    The prompt's earlier keys and values are computed once and the last token is replayed once per
-    row, all rows in one batch. watch: (layer, neuron) whose activation to read in each row.
-    Returns {"p", "log_p", "rank" (1 = top), "watched" (or None)}: (rows,) tensors.
-    """
+def zeroing_sweep_hidden(info: ModelInfo, ids: list, row_heads: list, row_neurons: list, watch=None) -> tuple:
+    """zeroing_sweep without the readout: each row's final-normed hidden state at the last position
+    (rows, d_model), on the model's device, and the watched neuron's activation per row (rows,) or
+    None. Unembed many prompts' rows together with unembedded_log_probs(..., rank=True)."""
     from .evaluation import cached_prefix, replay
     from .tracing import set_heads, watch_neurons, zero_neurons_per_row
 
@@ -580,8 +661,72 @@ def zeroing_sweep(info: ModelInfo, ids: list, target: int, row_heads: list, row_
         stack.enter_context(zero_neurons_per_row(info, row_neurons))
         seen = stack.enter_context(watch_neurons(info, watch[0], [watch[1]])) if watch is not None else {}
         hidden = replay(info, prefix, torch.tensor([[ids[-1]]] * rows), repeat=rows, reuse=False)[:, -1]
-    logits = info.logits_from_final_hidden(hidden).float().cpu()
-    log_p = torch.log_softmax(logits, -1)[:, target]
-    rank = 1 + (logits > logits[:, target : target + 1]).sum(-1)
-    watched = seen["activations"][:, 0] if "activations" in seen else None
+    return hidden, seen["activations"][:, 0] if "activations" in seen else None
+
+
+@torch.no_grad()
+def zeroing_sweeps_hidden(info: ModelInfo, id_lists: list, row_heads: list, row_neurons: list, watches: list | None = None) -> tuple:
+    """Several prompts' zeroing sweeps (zeroing_sweep_hidden) in one pass: prompt i's rows zero
+    row_heads[i][j] ([(layer, head)]) and row_neurons[i][j] ({layer: [neurons]}) at its last
+    position, watching watches[i] = (layer, neuron).
+
+    The prompts' prefixes (all tokens but the last) run once, right-padded in one batch (a real token
+    never attends to the padding after it). Then each prompt's last token is replayed once per row
+    of its sweep, the copies packed side by side after its own prefix (knockout.packed_step), each
+    copy at the last token's position, reading the prefix (not the padding) and itself: the keys and
+    values are stored once per prompt, not once per row. Returns (hidden (total rows, d_model) on
+    the model's device, prompt 0's rows first; the watched activation per row (total rows,) or None).
+    """
+    from .evaluation import cached_prefix
+    from .knockout import packed_step
+    from .tracing import _per_layer, _neurons_per_layer, record_neuron_activations, zero_at_cells
+
+    if not len(id_lists) == len(row_heads) == len(row_neurons):
+        raise ValueError(f"{len(id_lists)} prompts, {len(row_heads)} lists of head rows and {len(row_neurons)} of neuron rows: "
+                         "give one of each per prompt")
+    for ids, heads, neurons in zip(id_lists, row_heads, row_neurons):
+        if len(ids) < 2:
+            raise ValueError("zeroing_sweep needs a prompt of at least two tokens (a prefix and the last token)")
+        if len(heads) != len(neurons):
+            raise ValueError(f"row_heads has {len(heads)} rows and row_neurons {len(neurons)}: give one of each per row")
+    n = len(id_lists)
+    lengths = torch.tensor([len(ids) - 1 for ids in id_lists])  # prefix lengths = the last token's position
+    width, q = int(lengths.max()), max(len(h) for h in row_heads)
+    prefix = torch.zeros(n, width, dtype=torch.long)
+    for i, ids in enumerate(id_lists):
+        prefix[i, : lengths[i]] = torch.tensor(ids[:-1])
+    head_masks, neuron_masks = {}, {}
+    for i in range(n):
+        for j, (heads, neurons) in enumerate(zip(row_heads[i], row_neurons[i])):
+            for layer, hs in _per_layer(info, heads).items():
+                head_masks.setdefault(layer, torch.zeros(n, q, info.n_heads, dtype=torch.bool))[i, j, hs] = True
+            for layer, idx in _neurons_per_layer(info, neurons).items():
+                neuron_masks.setdefault(layer, torch.zeros(n, q, info.d_ff, dtype=torch.bool))[i, j, idx] = True
+    padding = torch.zeros(n, q, width + q, dtype=torch.bool)
+    padding[:, :, :width] = torch.arange(width)[None, None] >= lengths[:, None, None]
+    blocks = {layer: padding for layer in range(info.n_layers)} if bool(padding.any()) else None
+    watch_layers = [] if watches is None else [layer for layer, _ in watches]
+    cache = cached_prefix(info, prefix)
+    with zero_at_cells(info, head_masks, neuron_masks), record_neuron_activations(info, watch_layers) as seen:
+        hidden = packed_step(info, cache, torch.tensor([ids[-1] for ids in id_lists])[:, None].expand(n, q),
+                             lengths[:, None].expand(n, q), torch.eye(q, dtype=torch.bool), blocks)
+    keep = torch.arange(q)[None] < torch.tensor([len(h) for h in row_heads])[:, None]  # (n, q): real rows
+    watched = None
+    if watches is not None:
+        watched = torch.stack([seen[int(layer)][i, :, int(neuron)].float().cpu() for i, (layer, neuron) in enumerate(watches)])
+        watched = watched[keep]
+    return hidden[keep.to(hidden.device)], watched
+
+
+@torch.no_grad()
+def zeroing_sweep(info: ModelInfo, ids: list, target: int, row_heads: list, row_neurons: list, watch=None) -> dict:
+    """Zero a different set of heads (row_heads[i]: [(layer, head)]) and FFN neurons (row_neurons[i]:
+    {layer: [neurons]}) in each row, at the prompt's last position only, and read the target there.
+
+    The prompt's earlier keys and values are computed once and the last token is replayed once per
+    row, all rows in one batch. watch: (layer, neuron) whose activation to read in each row.
+    Returns {"p", "log_p", "rank" (1 = top), "watched" (or None)}: (rows,) tensors.
+    """
+    hidden, watched = zeroing_sweep_hidden(info, ids, row_heads, row_neurons, watch)
+    log_p, rank = unembedded_log_probs(info, hidden, torch.full((len(hidden),), int(target)), rank=True)
     return {"p": log_p.exp(), "log_p": log_p, "rank": rank, "watched": watched}

@@ -382,3 +382,38 @@ def test_score_heads_exact_for_all_or_for_the_screened(info, trace):
     assert some.order("log-prob increase", 0)[0] == best  # the exactly scored head with the best score comes first
     with pytest.raises(ValueError, match="unknown ranking"):
         some.order("activation", 0)
+
+
+def test_sweeps_of_several_prompts_in_one_pass_equal_one_sweep_each(info, batch):
+    """Prompts of different lengths (padding, and Gemma's sliding window) packed in one pass give each
+    prompt's own sweep: the same hidden states, the watched neuron read in each prompt's layer."""
+    id_lists = [batch.input_ids[i, : int(batch.last_positions[i]) + 1].tolist() for i in range(3)]
+    assert len({len(ids) for ids in id_lists}) > 1
+    row_heads = [[[], [(0, 1)]], [[(1, 0), (0, 0)], [], []], [[]]]
+    row_neurons = [[{1: [2]}, {}], [{}, {0: [1, 2], 1: [3]}, {1: [0]}], [{0: [4]}]]
+    watches = [(1, 2), (0, 1), (1, 3)]
+    hidden, watched = A.zeroing_sweeps_hidden(info, id_lists, row_heads, row_neurons, watches)
+    assert hidden.shape == (6, info.d_model) and watched.shape == (6,)
+    assert watched[0] == 0 and watched[3] == 0  # zeroed in that very row
+    at = 0
+    for ids, heads, neurons, watch in zip(id_lists, row_heads, row_neurons, watches):
+        expected, expected_watch = A.zeroing_sweep_hidden(info, ids, heads, neurons, watch)
+        torch.testing.assert_close(hidden[at : at + len(heads)], expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(watched[at : at + len(heads)], expected_watch, atol=1e-4, rtol=1e-4)
+        at += len(heads)
+    with pytest.raises(ValueError, match="one of each per prompt"):
+        A.zeroing_sweeps_hidden(info, id_lists, row_heads[:2], row_neurons)
+
+
+@pytest.mark.parametrize("vocab_chunk,row_block", [(7, 3), (1000, 1000)])
+def test_unembedded_log_probs_and_ranks_equal_the_full_softmax(info, vocab_chunk, row_block):
+    torch.manual_seed(0)
+    y = torch.randn(5, info.d_model) * 3
+    targets = torch.randint(0, info.vocab_size, (5,))
+    logits = info.logits_from_final_hidden(y).float()
+    expected = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
+    log_p, rank = A.unembedded_log_probs(info, y, targets, rank=True, vocab_chunk=vocab_chunk, row_block=row_block)
+    torch.testing.assert_close(log_p, expected, atol=1e-5, rtol=1e-5)
+    assert rank.tolist() == (1 + (logits > logits.gather(1, targets[:, None])).sum(-1)).tolist()
+    several, _ = A.unembedded_log_probs(info, y, torch.stack([targets, targets.flip(0)], 1), vocab_chunk=vocab_chunk)
+    torch.testing.assert_close(several[:, 0], expected, atol=1e-5, rtol=1e-5)
