@@ -39,7 +39,9 @@
 # one head: every other head), heads chosen by attention to the label positions, the foo/bar
 # assignment swapped, and every head zeroed alone (where does the top head fall among all 72?).
 # Many ablations run in one forward pass (`icl_utils.score_head_ablations`: each row of a batch
-# zeroes its own heads, and each demonstration set is read once per ablation for all its queries).
+# zeroes its own heads, each demonstration set is read once per ablation for all its queries, and
+# the layers below an ablation's lowest zeroed head, which zeroing cannot change, are taken from one
+# clean pass instead of being computed again).
 
 # %% tags=["hide-input"]
 # Set-up for Google Colab, the same in every chapter: on Colab it fetches the book and installs what
@@ -438,8 +440,14 @@ graded.append(grade(claim_specs["~1% of heads"], beyond_random,
 
 # the top head among all single heads (fall of the gold margin)
 top_index = all_heads.index(in_context_heads[0])
-percentile = cluster_bootstrap(lambda r: percentile_of(margin_fall[top_index, r].mean(), margin_fall[:, r].mean(1)),
-                               clusters, seed=SEED)
+
+
+def top_head_percentile(r):
+    falls = margin_fall[:, r].mean(1)  # one mean per head, the top head's compared with the very same numbers
+    return percentile_of(falls[top_index], falls)
+
+
+percentile = cluster_bootstrap(top_head_percentile, clusters, seed=SEED)
 graded.append(grade(claim_specs["top head vs every head"], percentile,
                     f"top head {in_context_heads[0]}: percentile {percentile} among {len(all_heads)} single heads",
                     precondition_met=learns_ok))

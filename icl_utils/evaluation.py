@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from .prompts import (build_prompt_groups, calibration_prompts, check_prompt_list, demo_set_ids, encode_prompts,
                       label_token_ids, pad_right)
 from .stats import Interval, auc, mean_interval
-from .tracing import positional_interventions_active, set_heads
+from .attribution import unembedded_log_probs
+from .tracing import positional_interventions_active, record_layers, reuse_layers_below, set_heads
 from .models import Head, ModelInfo
 
 
@@ -350,6 +351,19 @@ def score_calibrated(info: ModelInfo, prompts: list, calibration: list, **kwargs
     return both.take(range(n)).calibrated_with(both.take(range(n, n + len(calibration))))
 
 
+def _log_normalisers(info: ModelInfo, hidden: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp of the full next-token logits of final-normed hidden states (rows, d) -> (rows,): a
+    token's logit minus its log-probability, both from attribution.unembedded_log_probs (the
+    vocabulary read in chunks, the (rows, vocab) logits never held at once)."""
+    first = torch.zeros(len(hidden), dtype=torch.long)
+    log_p, _ = unembedded_log_probs(info, hidden, first)
+    return info.label_logits(hidden, [0])[:, 0].float().cpu() - log_p
+
+
+def _lowest_layer(heads, n_layers: int) -> int:
+    return min((layer for layer, _ in heads), default=n_layers)
+
+
 @torch.no_grad()
 def score_head_ablations(info: ModelInfo, prompts: list, head_sets: list[list[Head]], rows_per_pass: int = 64, normaliser: bool = False,
                          progress: bool = True, desc: str = "head ablations") -> list:
@@ -359,9 +373,13 @@ def score_head_ablations(info: ModelInfo, prompts: list, head_sets: list[list[He
     Prompts are grouped by demonstration set; for each group, a batch of ablations runs the shared
     demonstrations once per ablation (one row each, that row's heads zeroed via
     tracing.set_heads), then every query of the group under every ablation from the cached keys
-    and values. The same numbers as `with ablate_heads(info, heads): score_prompts(...)` for each
-    set, for a fraction of the passes. normaliser: also compute log-sum-exp over the whole
-    vocabulary (needed for gold_log_prob; costly on a 262k vocabulary), else only the label logits.
+    and values. Below the lowest layer with a zeroed head a batch computes nothing: those layers
+    are taken from one clean pass of the group (head sets are batched by their lowest layer, so a
+    sweep over single heads computes about half the layers). The same numbers, up to float
+    rounding, as `with ablate_heads(info, heads): score_prompts(...)` for each set, for a fraction
+    of the passes. normaliser: also compute log-sum-exp over the whole vocabulary (needed for
+    gold_log_prob; costly on a 262k vocabulary, so it runs once per group on all its rows),
+    else only the label logits.
     """
     _refuse_positional(info)
     if not head_sets:
@@ -377,33 +395,67 @@ def score_head_ablations(info: ModelInfo, prompts: list, head_sets: list[list[He
     ids = label_token_ids(info.tokenizer, [prompts[0].label_words[c] for c in classes])
     logits = torch.zeros(len(head_sets), len(prompts), len(classes))
     norms = torch.zeros(len(head_sets), len(prompts))
+    # deepest sets first, so that a batch's lowest layer is close to each of its sets' own
+    order = sorted(range(len(head_sets)), key=lambda i: -_lowest_layer(head_sets[i], info.n_layers))
     groups = _prefix_groups(prompts, len(prompts))
     with tqdm(total=len(groups) * len(head_sets), desc=desc, disable=not progress, leave=False) as bar:
         for idx in groups:
             batch = encode_prompts(info, [prompts[i] for i in idx])
             n_q, shared = len(idx), _shared_prefix_length(batch)
             per_pass = max(1, rows_per_pass // n_q)
+            clean = _record_clean_pass(info, batch, shared)
+            group_hidden = torch.zeros(len(head_sets), n_q, info.d_model)
             for start in range(0, len(head_sets), per_pass):
-                sets = [list(h) for h in head_sets[start:start + per_pass]]
+                chunk = order[start:start + per_pass]
+                sets = [list(head_sets[i]) for i in chunk]
+                below = min(_lowest_layer(s, info.n_layers) for s in sets)
                 if shared > 0:
-                    with set_heads(info, sets):  # one row per ablation: its demonstrations under its heads zeroed
-                        cache = cached_prefix(info, batch.input_ids[:1, :shared].expand(len(sets), -1))
-                    with set_heads(info, [s for s in sets for _ in range(n_q)]):
+                    from transformers import DynamicCache
+
+                    cache = DynamicCache()
+                    with set_heads(info, sets), reuse_layers_below(info, clean["prefix"], below, cache):
+                        # one row per ablation: its demonstrations under its heads zeroed
+                        info.decoder(input_ids=batch.input_ids[:1, :shared].expand(len(sets), -1).to(info.device),
+                                     past_key_values=cache, use_cache=True)
+                    with set_heads(info, [s for s in sets for _ in range(n_q)]), \
+                            reuse_layers_below(info, clean["queries"], below, cache):
                         hidden = replay(info, cache, batch.input_ids[:, shared:].repeat(len(sets), 1),
                                         batch.attention_mask.repeat(len(sets), 1), repeat=n_q, reuse=False)
                 else:
-                    with set_heads(info, [s for s in sets for _ in range(n_q)]):
+                    with set_heads(info, [s for s in sets for _ in range(n_q)]), \
+                            reuse_layers_below(info, clean["queries"], below):
                         hidden = info.decoder(input_ids=batch.input_ids.repeat(len(sets), 1).to(info.device),
                                               attention_mask=batch.attention_mask.repeat(len(sets), 1).to(info.device),
                                               use_cache=False).last_hidden_state
                 last = (batch.last_positions - shared).repeat(len(sets)).to(hidden.device)
                 hidden = hidden[torch.arange(len(last), device=hidden.device), last]
-                logits[start:start + len(sets), idx] = info.label_logits(hidden, ids).float().cpu().view(len(sets), n_q, -1)
-                if normaliser:
-                    full = info.logits_from_final_hidden(hidden).float()
-                    norms[start:start + len(sets), idx] = torch.logsumexp(full, -1).cpu().view(len(sets), n_q)
+                rows = torch.as_tensor(chunk)
+                logits[rows[:, None], torch.as_tensor(idx)] = info.label_logits(hidden, ids).float().cpu().view(len(sets), n_q, -1)
+                group_hidden[rows] = hidden.float().cpu().view(len(sets), n_q, -1)
                 bar.update(len(sets))
+            if normaliser:  # all the group's rows at once: the 262k-token unembedding is cheaper per row in big batches
+                norms[:, idx] = _log_normalisers(info, group_hidden.flatten(0, 1)).view(len(head_sets), n_q)
     return [_scores(logits[i], prompts, norms[i] if normaliser else None) for i in range(len(head_sets))]
+
+
+@torch.no_grad()
+def _record_clean_pass(info: ModelInfo, batch, shared: int) -> dict:
+    """One unablated pass of a group of prompts, as score_head_ablations runs it (the shared prefix in
+    one row, then the queries replayed over it; or the whole prompts), with every layer's output and
+    cache writes recorded: {"prefix": record, "queries": record} (_recording_clean_layers)."""
+    if shared == 0:
+        with record_layers(info) as queries:
+            info.decoder(input_ids=batch.input_ids.to(info.device), attention_mask=batch.attention_mask.to(info.device),
+                         use_cache=False)
+        return {"prefix": None, "queries": queries}
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with record_layers(info, cache) as prefix:
+        info.decoder(input_ids=batch.input_ids[:1, :shared].to(info.device), past_key_values=cache, use_cache=True)
+    with record_layers(info, cache) as queries:
+        replay(info, cache, batch.input_ids[:, shared:], batch.attention_mask, repeat=len(batch.input_ids), reuse=False)
+    return {"prefix": prefix, "queries": queries}
 
 
 def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",

@@ -577,6 +577,130 @@ def watch_neurons(info: ModelInfo, layer: int, neurons):
 
 
 @contextmanager
+def zero_at_cells(info: ModelInfo, heads: dict | None = None, neurons: dict | None = None):
+    """Zero heads' outputs (before the output projection) and FFN neurons' activations in chosen
+    (row, position) cells of the next forward pass: heads {layer: bool (rows, seq, n_heads)},
+    neurons {layer: bool (rows, seq, d_ff)}, True where zeroed; seq counts the tokens that pass
+    runs (the new ones only, in a step over cached keys and values). For many different ablations
+    packed side by side in one sequence per row (knockout.packed_step)."""
+    def make_hook(mask, split_heads):
+        def hook(module, args):
+            x = args[0]
+            if x.shape[:2] != mask.shape[:2]:
+                raise ValueError(f"the zeroing mask covers {tuple(mask.shape[:2])} (rows, positions) but the pass ran "
+                                 f"{tuple(x.shape[:2])}")
+            if split_heads:
+                x = x.view(*x.shape[:2], info.n_heads, info.d_head).masked_fill(mask.to(x.device)[..., None], 0.0).flatten(-2)
+            else:
+                x = x.masked_fill(mask.to(x.device), 0.0)
+            return (x,) + tuple(args[1:])
+        return hook
+
+    with ExitStack() as stack:
+        for layer, mask in (heads or {}).items():
+            stack.callback(info.out_projs[layer].register_forward_pre_hook(make_hook(mask, True)).remove)
+        for layer, mask in (neurons or {}).items():
+            stack.callback(info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(mask, False)).remove)
+        yield
+
+
+@contextmanager
+def record_neuron_activations(info: ModelInfo, layers):
+    """Keep every FFN activation of the chosen layers in the next forward pass: yields a dict that
+    becomes {layer: (rows, seq, d_ff)} (on the model's device), seq the tokens that pass runs."""
+    seen: dict = {}
+
+    def make_hook(layer):
+        def hook(module, args):
+            seen[layer] = args[0].detach()
+        return hook
+
+    with ExitStack() as stack:
+        for layer in sorted({int(l) for l in layers}):
+            stack.callback(info.mlp_out_projs[layer].register_forward_pre_hook(make_hook(layer)).remove)
+        yield seen
+
+
+# Reusing the clean pass below the lowest ablated layer: zeroing heads of layer L cannot change
+# layers 0..L-1, so rows whose heads all sit at layer >= L take those layers from one clean pass.
+
+
+def _repeat_rows(value, rows: int):
+    """`value` (a layer's output or keys/values: tensors whose first dimension is the clean batch b,
+    possibly in tuples) for `rows` rows, row r taking clean row r % b."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or rows % value.shape[0]:
+            raise ValueError(f"cannot spread a clean batch of {value.shape[0] if value.dim() else 0} rows over {rows} rows")
+        return value.repeat(rows // value.shape[0], *[1] * (value.dim() - 1))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat_rows(v, rows) if isinstance(v, (torch.Tensor, tuple, list)) else v for v in value)
+    return value
+
+
+@contextmanager
+def _patched_forwards(layers: dict):
+    """Replace the forward of each module in {module: forward} for the duration (its hooks still run)."""
+    saved = {}
+    try:
+        for module, forward in layers.items():
+            saved[module] = module.__dict__.get("forward")  # an instance forward (e.g. accelerate's) is put back
+            module.forward = forward
+        yield
+    finally:
+        for module, old in saved.items():
+            if old is None:
+                del module.forward
+            else:
+                module.forward = old
+
+
+@contextmanager
+def record_layers(info: ModelInfo, cache=None):
+    """Record, for the pass run inside, what each decoder layer's forward returns and the keys and values
+    it writes to `cache`: {"out": {layer: output}, "kv": {layer: (args, kwargs) of cache.update}}."""
+    record = {"out": {}, "kv": {}}
+
+    def recorder(index, forward):
+        def recording(*args, **kwargs):
+            record["out"][index] = out = forward(*args, **kwargs)
+            return out
+        return recording
+
+    with ExitStack() as stack:
+        if cache is not None:
+            update = cache.update
+
+            def recording_update(key, value, layer_idx, *args, **kwargs):
+                record["kv"][layer_idx] = ((key, value, layer_idx) + args, kwargs)
+                return update(key, value, layer_idx, *args, **kwargs)
+            cache.update = recording_update
+            stack.callback(lambda: cache.__dict__.pop("update", None))
+        stack.enter_context(_patched_forwards({layer: recorder(i, layer.forward) for i, layer in enumerate(info.layers)}))
+        yield record
+
+
+@contextmanager
+def reuse_layers_below(info: ModelInfo, record: dict, below: int, cache=None):
+    """Layers 0..below-1 return the recorded clean output (spread over the rows of the batch run
+    inside) and write the recorded keys and values to `cache`, without computing anything: exact when
+    nothing in those layers differs between the rows and the clean pass (e.g. heads zeroed only at
+    layers >= below)."""
+    def reuser(index):
+        def reuse(*args, **kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rows = hidden.shape[0]
+            if cache is not None and index in record["kv"]:
+                update_args, update_kwargs = record["kv"][index]
+                key, value = (_repeat_rows(t, rows) for t in update_args[:2])
+                cache.update(key, value, *update_args[2:], **update_kwargs)
+            return _repeat_rows(record["out"][index], rows)
+        return reuse
+
+    with _patched_forwards({info.layers[i]: reuser(i) for i in range(below)}):
+        yield
+
+
+@contextmanager
 def edit_attention(info: ModelInfo, edit_fn, heads=None):
     """Let `edit_fn(layer, weights, query, key)` replace attention patterns during the context.
 

@@ -284,3 +284,53 @@ def test_head_ablations_want_a_list_of_head_sets(model_infos, task):
     with pytest.raises(ValueError, match="out of range"):
         score_head_ablations(info, prompts, [[(0, 99)]], progress=False)
     assert len(score_head_ablations(info, prompts, [[], [(0, 1)]], progress=False)) == 2  # an empty set: no ablation
+
+
+def test_head_ablations_take_the_layers_below_the_lowest_zeroed_head_from_one_clean_pass(info, task):
+    """Sets whose heads all sit at layer >= 1 never run layer 0 again (only the clean pass of each group
+    does, once for the demonstrations and once for the queries), and give the same numbers as
+    zeroing each set in whole passes."""
+    from icl_utils import ablate_heads, build_prompt_groups
+    from icl_utils.evaluation import score_head_ablations
+
+    groups = build_prompt_groups(task, 2, 3, demos_per_class=2, seed=5, distinct_queries=False)
+    prompts = [p for g in groups for p in g]
+    top = info.n_layers - 1
+    head_sets = [[(top, 0)], [(1, 1)], [(top, 1), (1, 0)], [], [(top, info.n_heads - 1)]]
+    calls = []
+    handle = info.out_projs[0].register_forward_pre_hook(lambda module, args: calls.append(1))  # runs only if layer 0 does
+    try:
+        batched = score_head_ablations(info, prompts, head_sets, rows_per_pass=6, normaliser=True, progress=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * len(groups)  # the clean pass of each group: demonstrations, then queries
+    for heads, got in zip(head_sets, batched):
+        with ablate_heads(info, heads):
+            want = score_prompts(info, prompts, progress=False)
+        torch.testing.assert_close(got.label_logits, want.label_logits, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(got.log_normaliser, want.log_normaliser, atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0].label_logits, batched[1].label_logits)  # the ablations did act
+
+
+def test_head_ablations_inside_another_ablation_reuse_a_clean_pass_that_includes_it(info, task):
+    """An intervention active around score_head_ablations (the same for every row) is part of its "clean"
+    pass: the layers taken from that pass carry it, once."""
+    from icl_utils import ablate_heads, build_prompt_groups
+    from icl_utils.evaluation import score_head_ablations
+
+    groups = build_prompt_groups(task, 1, 4, demos_per_class=2, seed=2, distinct_queries=False)
+    prompts = groups[0]
+    outer, inner = [(0, 1)], [(info.n_layers - 1, 0)]
+    with ablate_heads(info, outer):
+        got = score_head_ablations(info, prompts, [inner], progress=False)[0]
+    with ablate_heads(info, outer + inner):
+        want = score_prompts(info, prompts, progress=False, normaliser=False)
+    torch.testing.assert_close(got.label_logits, want.label_logits, atol=2e-4, rtol=1e-4)
+
+
+def test_log_normalisers_equal_a_full_logsumexp(info):
+    from icl_utils.evaluation import _log_normalisers
+
+    hidden = torch.randn(5, info.d_model, generator=torch.Generator().manual_seed(0))
+    want = torch.logsumexp(info.logits_from_final_hidden(hidden).float(), -1)
+    torch.testing.assert_close(_log_normalisers(info, hidden), want, atol=1e-5, rtol=1e-5)
