@@ -531,7 +531,8 @@ plt.show()
 # model gains from the context it has read. The metric reads every token, so a head set is
 # mean-ablated at *every* position, by its mean output over `N_MEAN_TEXT_SEQS` further sequences
 # that are never scored. (The reference code instead swaps in the heads' values from a run on
-# random tokens.) One batched pass over all the text per condition.
+# random tokens.) One batched pass over all the text per condition; an ablated pass starts at its
+# lowest ablated layer from the unablated pass's residual stream (the layers below cannot differ).
 
 # %%
 token_loss = {}
@@ -546,10 +547,8 @@ for m, info in infos.items():
     del held_trace
     n = n_heads_for(info, TOKEN_LOSS_PERCENT)
     sets = {"none": [], "FV heads": top_heads(fv_score[m], n), "induction heads": top_heads(induction[m], n)}
-    token_loss[m] = {}
-    for name, heads in sets.items():
-        ablate = (lambda heads=heads: iu.ablate_heads(info, heads, mode="mean", means=text_means)) if heads else None
-        token_loss[m][name] = ind.token_loss_differences(info, scored, early, late, intervention=ablate).numpy()
+    # per batch of text: the unablated pass once, each ablated pass from its lowest ablated layer up
+    token_loss[m] = {name: d.numpy() for name, d in ind.token_loss_differences_ablated(info, scored, sets, text_means, early, late).items()}
     timings[m]["token_loss"] = time.time() - t0
     print(f"{m}: {len(scored)} sequences of {TEXT_TOKENS} tokens, top {n} heads ablated; token-loss difference "
           + ", ".join(f"{k} {v.mean():.3f}" for k, v in token_loss[m].items()) + f" nats; {timings[m]['token_loss']:.0f} s")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import frozen_norm
+from .attribution import frozen_norm, unembedded_log_probs
 from .evaluation import cached_prefix, replay
 from .knockout import packed_step
 from .prompts import PromptFormat, _stable_rank, pad_right
@@ -161,8 +161,7 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
     answers = answer_ids(info.tokenizer, prompts)
     distinct = list(dict.fromkeys(frozenset(heads) for heads in row_heads))  # a set listed twice runs once
     row_of = torch.tensor([distinct.index(frozenset(heads)) for heads in row_heads])
-    probs = torch.zeros(len(prompts), len(distinct))
-    correct = torch.zeros(len(prompts), len(distinct), dtype=torch.bool)
+    hidden = []
     for i, p in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
         ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
         cache = prefix_cache(info, ids)
@@ -171,11 +170,10 @@ def patched_answers(info: ModelInfo, prompts: list, row_heads: list, values, max
             rows = [sorted(heads) for heads in distinct[start : start + max_rows]]
             n = len(rows)
             with set_heads(info, rows, values=v, per_position=True):
-                hidden = packed_step(info, copy.deepcopy(cache), ids[-1:].expand(1, n), torch.full((1, n), len(ids) - 1),
-                                     torch.eye(n, dtype=torch.bool))[0]
-            logits = info.logits_from_final_hidden(hidden).float()
-            probs[i, start : start + n] = torch.softmax(logits, -1)[:, answers[i]].cpu()
-            correct[i, start : start + n] = (logits.argmax(-1) == answers[i]).cpu()
+                hidden.append(packed_step(info, copy.deepcopy(cache), ids[-1:].expand(1, n), torch.full((1, n), len(ids) - 1),
+                                          torch.eye(n, dtype=torch.bool))[0])
+    # every prompt's rows unembedded together: many rows per product use the CPU better
+    probs, correct = _answer_readout(info, torch.cat(hidden), answers.repeat_interleave(len(distinct)), len(prompts))
     return probs[:, row_of], correct[:, row_of]
 
 
@@ -256,13 +254,17 @@ def function_vector(info: ModelInfo, values: torch.Tensor, heads: list) -> torch
 def answers_with_additions(info: ModelInfo, prompts: list, row_additions: list, progress: bool = False) -> tuple:
     """Like patched_answers, with tracing.add_to_residual: each row adds its (layer, vector) at the last token."""
     answers = answer_ids(info.tokenizer, prompts)
-    probs = torch.zeros(len(prompts), len(row_additions))
-    correct = torch.zeros(len(prompts), len(row_additions), dtype=torch.bool)
-    for i, p in enumerate(tqdm(prompts, desc="adding vectors", disable=not progress, leave=False)):
+    hidden = []
+    for p in tqdm(prompts, desc="adding vectors", disable=not progress, leave=False):
         ids = torch.tensor(info.tokenizer(p.text)["input_ids"])
         cache = prefix_cache(info, ids)  # outside the hooks: the additions act on the last token only
         with add_to_residual(info, row_additions):
-            logits = last_token_logits(info, ids, len(row_additions), cache)
-        probs[i] = torch.softmax(logits, -1)[:, answers[i]].cpu()
-        correct[i] = (logits.argmax(-1) == answers[i]).cpu()
-    return probs, correct
+            hidden.append(replay(info, cache, ids[-1:].expand(len(row_additions), 1), repeat=len(row_additions))[:, 0])
+    return _answer_readout(info, torch.cat(hidden), answers.repeat_interleave(len(row_additions)), len(prompts))
+
+
+def _answer_readout(info: ModelInfo, hidden: torch.Tensor, answers: torch.Tensor, n_prompts: int) -> tuple:
+    """(prob, correct) of each row's answer token from final-normed hidden rows, shaped (n_prompts, rows per prompt):
+    correct means no token scores higher than the answer."""
+    log_prob, rank = unembedded_log_probs(info, hidden, answers, rank=True)
+    return log_prob.exp().view(n_prompts, -1), (rank == 1).view(n_prompts, -1)

@@ -131,3 +131,41 @@ def test_shipped_text_gives_forty_sequences_of_512_tokens():
     readme = (induction.TEXT_DIR / "README.md").read_text(encoding="utf-8")
     for f in induction.TEXT_DIR.glob("*.txt"):
         assert f"`{f.name}`" in readme, f"{f.name} has no source and licence in data/text/README.md"
+
+
+def test_ablated_token_losses_resume_above_the_clean_layers_with_the_same_numbers(info):
+    """Each ablated pass starts at its lowest ablated layer from the clean residual stream: the
+    numbers equal a full ablated pass, and the real layers are back afterwards."""
+    torch.manual_seed(0)
+    seqs = torch.randint(3, info.vocab_size, (5, 24))
+    means = {(l, h): torch.randn(info.d_head) for l, h in info.all_heads}
+    head_sets = {"none": [], "layer 1": [(1, 0), (1, 2)], "both layers": [(0, 1), (1, 3)]}
+    layers_before = list(info.layers)
+    calls = []
+    handle = info.attentions[0].register_forward_hook(lambda *_: calls.append(1))  # runs only when layer 0 computes
+    try:
+        got = induction.token_loss_differences_ablated(info, seqs, head_sets, means, early=range(2, 6), late=range(15, 20),
+                                                       batch_size=2)
+    finally:
+        handle.remove()
+    assert list(info.layers) == layers_before
+    assert len(calls) == 3 + 3  # 3 batches: the clean pass and "both layers"; "layer 1" skips layer 0
+    for name, heads in head_sets.items():
+        ablate = (lambda heads=heads: ablate_heads(info, heads, mode="mean", means=means)) if heads else None
+        expected = induction.token_loss_differences(info, seqs, range(2, 6), range(15, 20), intervention=ablate, batch_size=2)
+        torch.testing.assert_close(got[name], expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(got["none"], got["layer 1"])  # the ablation did something
+
+
+
+def test_reused_layers_get_their_own_forward_back_also_after_an_error(info):
+    from icl_utils.tracing import record_layers, reuse_layers_below
+
+    ids = torch.randint(3, info.vocab_size, (2, 6))
+    with record_layers(info) as clean:
+        info.decoder(input_ids=ids, use_cache=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with reuse_layers_below(info, clean, 1):
+            assert "forward" in info.layers[0].__dict__
+            raise RuntimeError("boom")
+    assert all("forward" not in layer.__dict__ for layer in info.layers)
