@@ -11,7 +11,6 @@ linearised the same way, at their real input, so that a layer's parts add up to 
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -643,30 +642,8 @@ def query_scores(info: ModelInfo, trace: Trace, keys: torch.Tensor, layers: torc
 
 
 @torch.no_grad()
-def zeroing_sweep_hidden(info: ModelInfo, ids: list, row_heads: list, row_neurons: list, watch=None) -> tuple:
-    """zeroing_sweep without the readout: each row's final-normed hidden state at the last position
-    (rows, d_model), on the model's device, and the watched neuron's activation per row (rows,) or
-    None. Unembed many prompts' rows together with unembedded_log_probs(..., rank=True)."""
-    from .evaluation import cached_prefix, replay
-    from .tracing import set_heads, watch_neurons, zero_neurons_per_row
-
-    if len(ids) < 2:
-        raise ValueError("zeroing_sweep needs a prompt of at least two tokens (a prefix and the last token)")
-    if len(row_heads) != len(row_neurons):
-        raise ValueError(f"row_heads has {len(row_heads)} rows and row_neurons {len(row_neurons)}: give one of each per row")
-    rows = len(row_heads)
-    prefix = cached_prefix(info, torch.tensor([ids[:-1]]))
-    with ExitStack() as stack:
-        stack.enter_context(set_heads(info, row_heads))
-        stack.enter_context(zero_neurons_per_row(info, row_neurons))
-        seen = stack.enter_context(watch_neurons(info, watch[0], [watch[1]])) if watch is not None else {}
-        hidden = replay(info, prefix, torch.tensor([[ids[-1]]] * rows), repeat=rows, reuse=False)[:, -1]
-    return hidden, seen["activations"][:, 0] if "activations" in seen else None
-
-
-@torch.no_grad()
 def zeroing_sweeps_hidden(info: ModelInfo, id_lists: list, row_heads: list, row_neurons: list, watches: list | None = None) -> tuple:
-    """Several prompts' zeroing sweeps (zeroing_sweep_hidden) in one pass: prompt i's rows zero
+    """Several prompts' zeroing sweeps in one pass, before the readout: prompt i's rows zero
     row_heads[i][j] ([(layer, head)]) and row_neurons[i][j] ({layer: [neurons]}) at its last
     position, watching watches[i] = (layer, neuron).
 
@@ -727,6 +704,6 @@ def zeroing_sweep(info: ModelInfo, ids: list, target: int, row_heads: list, row_
     row, all rows in one batch. watch: (layer, neuron) whose activation to read in each row.
     Returns {"p", "log_p", "rank" (1 = top), "watched" (or None)}: (rows,) tensors.
     """
-    hidden, watched = zeroing_sweep_hidden(info, ids, row_heads, row_neurons, watch)
+    hidden, watched = zeroing_sweeps_hidden(info, [ids], [row_heads], [row_neurons], None if watch is None else [watch])
     log_p, rank = unembedded_log_probs(info, hidden, torch.full((len(hidden),), int(target)), rank=True)
     return {"p": log_p.exp(), "log_p": log_p, "rank": rank, "watched": watched}

@@ -384,6 +384,23 @@ def test_score_heads_exact_for_all_or_for_the_screened(info, trace):
         some.order("activation", 0)
 
 
+def _one_sweep_by_replay(info, ids, row_heads, row_neurons, watch):
+    """The reference: one prompt's prefix cached, its last token replayed once per row in a batch,
+    each row's heads and neurons zeroed by the per-row interventions of tracing."""
+    from contextlib import ExitStack
+
+    from icl_utils.evaluation import cached_prefix, replay
+    from icl_utils.tracing import set_heads, watch_neurons, zero_neurons_per_row
+
+    prefix = cached_prefix(info, torch.tensor([ids[:-1]]))
+    with torch.no_grad(), ExitStack() as stack:
+        stack.enter_context(set_heads(info, row_heads))
+        stack.enter_context(zero_neurons_per_row(info, row_neurons))
+        seen = stack.enter_context(watch_neurons(info, watch[0], [watch[1]]))
+        hidden = replay(info, prefix, torch.tensor([[ids[-1]]] * len(row_heads)), repeat=len(row_heads), reuse=False)[:, -1]
+    return hidden, seen["activations"][:, 0]
+
+
 def test_sweeps_of_several_prompts_in_one_pass_equal_one_sweep_each(info, batch):
     """Prompts of different lengths (padding, and Gemma's sliding window) packed in one pass give each
     prompt's own sweep: the same hidden states, the watched neuron read in each prompt's layer."""
@@ -397,7 +414,7 @@ def test_sweeps_of_several_prompts_in_one_pass_equal_one_sweep_each(info, batch)
     assert watched[0] == 0 and watched[3] == 0  # zeroed in that very row
     at = 0
     for ids, heads, neurons, watch in zip(id_lists, row_heads, row_neurons, watches):
-        expected, expected_watch = A.zeroing_sweep_hidden(info, ids, heads, neurons, watch)
+        expected, expected_watch = _one_sweep_by_replay(info, ids, heads, neurons, watch)
         torch.testing.assert_close(hidden[at : at + len(heads)], expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(watched[at : at + len(heads)], expected_watch, atol=1e-4, rtol=1e-4)
         at += len(heads)
