@@ -64,7 +64,10 @@
 # run once and only the last token is replayed under each setting (`last_position_runs`); the
 # demonstration → label knock-out edits only positions inside the demonstrations that a set's queries
 # share, so the demonstrations run once per setting under it and every query is replayed on the
-# cached keys and values (`shared_prefix_runs`). The tests check both against full passes.
+# cached keys and values (`shared_prefix_runs`); below a window's first layer nothing differs from
+# the clean run, so those layers are taken from one recorded clean pass instead of being computed
+# again. The tests check both against full passes. The vocabulary view reads the 262k-token
+# vocabulary in chunks without materialising the logits (`unembedded_log_probs`).
 #
 # The same headline claims (the two input paths and the query's whole text, in the first window) are
 # graded on two sentence tasks with fewer demonstration sets, to see whether the answer depends on
@@ -118,7 +121,7 @@ import torch
 from tqdm.auto import tqdm
 
 import icl_utils as iu
-from icl_utils.attribution import attention_block_output
+from icl_utils.attribution import attention_block_output, unembedded_log_probs
 from icl_utils.evaluation import ICLScores, scores_from_hidden
 from icl_utils.knockout import (blocking_mask, label_demo_pairs, last_position_runs, last_query_pairs, random_pairs,
                                 shared_prefix_runs)
@@ -429,32 +432,46 @@ below = torch.stack([attention_block_output(info, trace, l) for l in range(L)]).
 lens_layers = sorted({max(1, round(f * L)) for f in LENS_FRACTIONS} | {k_window})
 
 
-def best_rank(logits: torch.Tensor, token_ids) -> int:
-    """1 + the number of tokens scored above the best of `token_ids` (1 = top of the vocabulary)."""
-    return int((logits > logits[list(token_ids)].max()).sum()) + 1
+def best_ranks(hidden: torch.Tensor, token_sets: list) -> torch.Tensor:
+    """Per row of final-normed hidden (rows, d_model) and each of its token sets: 1 + the number of
+    tokens scored above the best of the set (1 = top of the vocabulary). The vocabulary is read in
+    chunks, all rows at once, without materialising the logits (unembedded_log_probs): the set's best
+    token is found among its own logits, then ranked."""
+    width = max(len(sets) for sets in token_sets)
+    best = torch.zeros(len(token_sets), width, dtype=torch.long)
+    w_u = info.unembed.weight
+    for r, sets in enumerate(token_sets):
+        for j, ids_ in enumerate(sets + [sets[0]] * (width - len(sets))):  # padded with the first set
+            ids_ = torch.as_tensor(ids_)
+            best[r, j] = ids_[(w_u[ids_.to(w_u.device)].float() @ hidden[r].to(w_u.device).float()).argmax().cpu()]
+    return unembedded_log_probs(info, hidden, best, rank=True)[1]
 
 
 ids = vocab_batch.input_ids
+n_pos = positions.shape[1]
+token_sets = []  # per prompt and recorded position: the token sets to rank there
+for i in range(len(vocab_batch.prompts)):
+    demo_tokens = [ids[i, d].tolist() for d in vocab_inputs.demos[i]]
+    token_sets += [[demo_tokens[j], demo_tokens[other_demo[i][j]]] for j in range(n_demos)]  # label positions
+    token_sets += [[demo_tokens[j]] for j in range(n_demos)]  # the random other positions
+    token_sets.append([ids[i, vocab_inputs.query[i]].tolist(), demo_tokens[last_demo[i]]])  # the last position
+# every lens layer's rows in one read of the unembedding: (layers x prompts x positions, d_model)
+normed = torch.cat([info.final_norm(below[l - 1].to(info.device)).flatten(0, 1) for l in lens_layers])
+ranks_all = best_ranks(normed, token_sets * len(lens_layers)).view(len(lens_layers), len(vocab_batch.prompts), n_pos, -1)
 rank_rows = []
-for l in tqdm(lens_layers, desc="vocabulary view"):
-    lens = info.logits_from_residual(below[l - 1].to(info.device)).float().cpu()  # (prompts, n_pos, vocab): one read of the unembedding
+for l, rank in zip(lens_layers, ranks_all):
     for i in range(len(vocab_batch.prompts)):
-        logits = lens[i]
-        demo_tokens = [ids[i, d].tolist() for d in vocab_inputs.demos[i]]
-        query_tokens = ids[i, vocab_inputs.query[i]].tolist()
         row = {"l": l, "set": vocab_sets[i]}
         for j in range(n_demos):
             rank_rows += [
-                {**row, "where": "label position", "token": "its demonstration's input", "rank": best_rank(logits[j], demo_tokens[j])},
-                {**row, "where": "label position", "token": "another demonstration's input",
-                 "rank": best_rank(logits[j], demo_tokens[other_demo[i][j]])},
+                {**row, "where": "label position", "token": "its demonstration's input", "rank": int(rank[i, j, 0])},
+                {**row, "where": "label position", "token": "another demonstration's input", "rank": int(rank[i, j, 1])},
                 {**row, "where": "label position", "token": "its input, at a random other position",
-                 "rank": best_rank(logits[n_demos + j], demo_tokens[j])},
+                 "rank": int(rank[i, n_demos + j, 0])},
             ]
         rank_rows += [
-            {**row, "where": "last position", "token": "the query's input", "rank": best_rank(logits[-1], query_tokens)},
-            {**row, "where": "last position", "token": "a demonstration's input",
-             "rank": best_rank(logits[-1], demo_tokens[last_demo[i]])},
+            {**row, "where": "last position", "token": "the query's input", "rank": int(rank[i, -1, 0])},
+            {**row, "where": "last position", "token": "a demonstration's input", "rank": int(rank[i, -1, 1])},
         ]
 ranks = pd.DataFrame(rank_rows)
 median_ranks = ranks.groupby(["where", "token", "l"])["rank"].median().unstack("l")

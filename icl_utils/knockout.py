@@ -19,7 +19,8 @@ Two exact shortcuts make many knock-outs cheap (causal attention: no position re
 * `shared_prefix_runs`: a knock-out inside the demonstrations that a group of prompts shares
   (label_demo_pairs) changes those positions identically for every query of the group, so the
   demonstrations run once per knock-out (keys and values cached) and every query is replayed on
-  that cache with nothing to edit.
+  that cache with nothing to edit. The layers below a knock-out's lowest layer are the clean run's:
+  they are taken from one recorded clean pass, not computed again.
 
 Both replay their tokens packed side by side after the cached keys and values (`packed_step`:
 several continuations in one sequence, each at its own positions and seeing only its own prompt),
@@ -34,7 +35,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from .evaluation import _shared_prefix_length, cached_prefix
-from .tracing import edit_attention
+from .tracing import edit_attention, record_layers, reuse_layers_below
 from .models import ModelInfo
 
 
@@ -292,6 +293,9 @@ def shared_prefix_runs(info: ModelInfo, batch, settings: list, settings_per_pass
     the clean run). Exact and cheap: the shared tokens run once per setting under its knock-out (one
     row each, settings_per_pass rows per pass, keys and values cached), then every prompt's own
     tokens, packed side by side after each setting's cache (packed_step), with nothing left to edit.
+    Below a knock-out's lowest layer nothing differs from the clean run, so the clean run goes once
+    with every layer recorded (tracing.record_layers) and the settings run in passes by their lowest
+    layer, taking the layers below it from that record (tracing.reuse_layers_below).
     """
     n, seq = batch.input_ids.shape
     shared = _shared_prefix_length(batch)
@@ -326,18 +330,35 @@ def shared_prefix_runs(info: ModelInfo, batch, settings: list, settings_per_pass
     ids = torch.cat([batch.input_ids[r, o] for r, o in enumerate(own)])
     last = torch.cumsum(torch.tensor([len(o) for o in own]), 0) - 1  # each prompt's last token in the packing
     out = torch.empty(len(settings), n, info.d_model)
-    for start in range(0, len(settings), settings_per_pass):
-        chunk = list(range(start, min(start + settings_per_pass, len(settings))))
-        masks: dict = {}  # layer -> (rows, shared, shared): row i is setting chunk[i]'s mask, False where it leaves the layer
-        for i, s in enumerate(chunk):
-            if prefix_masks[s] is None:
-                continue
-            for layer in _check_layers(info, settings[s][0]):
-                if layer not in masks:
-                    masks[layer] = torch.zeros(len(chunk), shared, shared, dtype=torch.bool)
-                masks[layer][i] = prefix_masks[s]
-        with _knock_out_rows(info, masks):
-            cache = cached_prefix(info, batch.input_ids[:1, :shared].expand(len(chunk), -1))
-        hidden = packed_step(info, cache, ids.expand(len(chunk), -1), positions.expand(len(chunk), -1), visible)
-        out[chunk] = hidden[:, last.to(hidden.device)].float().cpu()
+    lowest = [min(_check_layers(info, layers)) if mask is not None and bool(mask.any()) and len(layers) else info.n_layers
+              for (layers, _), mask in zip(settings, prefix_masks)]
+    by_depth: dict = {}  # lowest knocked-out layer -> settings; one pass each (settings_per_pass rows at most)
+    for s, below in enumerate(lowest):
+        by_depth.setdefault(below, []).append(s)
+    clean_prefix = clean_queries = None
+    if max(lowest) > 0:
+        # the clean run once, every layer's output and cache writes recorded: a setting whose knock-out
+        # starts at layer b takes layers 0..b-1 from it (nothing below b differs from the clean run)
+        clean_cache = _empty_cache()
+        with record_layers(info, clean_cache) as clean_prefix:
+            info.decoder(input_ids=batch.input_ids[:1, :shared].to(info.device), past_key_values=clean_cache, use_cache=True)
+        with record_layers(info, clean_cache) as clean_queries:
+            clean = packed_step(info, clean_cache, ids[None], positions[None], visible)[0, last.to(info.device)]
+        out[by_depth.pop(info.n_layers, [])] = clean.float().cpu()  # nothing knocked out: the clean run
+    for below, group in sorted(by_depth.items()):
+        for start in range(0, len(group), settings_per_pass):
+            chunk = group[start : start + settings_per_pass]
+            masks: dict = {}  # layer -> (rows, shared, shared): row i is setting chunk[i]'s mask, False where it leaves the layer
+            for i, s in enumerate(chunk):
+                for layer in _check_layers(info, settings[s][0]):
+                    if layer not in masks:
+                        masks[layer] = torch.zeros(len(chunk), shared, shared, dtype=torch.bool)
+                    masks[layer][i] = prefix_masks[s]
+            cache = _empty_cache()
+            with _knock_out_rows(info, masks), reuse_layers_below(info, clean_prefix, below, cache) if below else nullcontext():
+                info.decoder(input_ids=batch.input_ids[:1, :shared].expand(len(chunk), -1).to(info.device),
+                             past_key_values=cache, use_cache=True)
+            with reuse_layers_below(info, clean_queries, below, cache) if below else nullcontext():
+                hidden = packed_step(info, cache, ids.expand(len(chunk), -1), positions.expand(len(chunk), -1), visible)
+            out[chunk] = hidden[:, last.to(hidden.device)].float().cpu()
     return out

@@ -257,7 +257,10 @@ def test_shared_prefix_runs_equal_full_runs(info, group_batch):
                 ([1], one(random_pairs(demo[:1], seed=2))), ([0, 1], one(random_pairs(whole[:1], seed=3)))]
     fast = shared_prefix_runs(info, batch, settings, settings_per_pass=2)  # several passes
     assert fast.shape == (len(settings), n, info.d_model)
-    torch.testing.assert_close(fast, _full_runs(info, batch, settings), atol=1e-4, rtol=1e-4)
+    full = _full_runs(info, batch, settings)
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)
+    # settings from layer 0 only: nothing to take from a clean run, none recorded
+    torch.testing.assert_close(shared_prefix_runs(info, batch, [settings[1], settings[2]]), full[1:3], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(fast[0], fast[2], atol=1e-3)  # the knock-out does something
     assert not tracing.interventions(info).editors
 
@@ -296,3 +299,18 @@ def test_last_position_runs_without_a_shared_token(info, batch, inputs):
     settings = [((), None), ([1], blocking_mask(other, pairs))]
     torch.testing.assert_close(last_position_runs(info, other, settings), _full_runs(info, other, settings),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_runs_take_the_layers_below_a_knock_out_from_one_clean_pass(info, group_batch):
+    batch = group_batch
+    n = len(batch.prompts)
+    demo = label_demo_pairs(batch, input_positions(info, batch))
+    settings = [([1], blocking_mask(batch, [demo[0]] * n)), ([1], blocking_mask(batch, random_pairs(demo[:1], seed=2) * n))]
+    calls = []
+    handle = info.attentions[0].register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        fast = shared_prefix_runs(info, batch, settings)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # layer 0 ran for the clean demonstrations and the clean queries only
+    torch.testing.assert_close(fast, _full_runs(info, batch, settings), atol=1e-4, rtol=1e-4)
