@@ -93,7 +93,7 @@ N_SELECT_GROUPS = 2  # demonstration sets per task and label assignment for choo
 CALIBRATION_PER_CLASS = 2  # calibration prompts per class and demonstration set
 SECOND_PAIR = ("table", "moon")  # a second pair of unrelated one-token label words
 SEED = 0
-BATCH_SIZE = 16
+BATCH_SIZE = 16  # unused here (the scoring packs whole demonstration sets per pass); read by the benchmarks
 
 # %%
 import time
@@ -103,10 +103,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from IPython.display import display
-from tqdm.auto import tqdm
 
 import icl_utils as iu
-from icl_utils.evaluation import score_task
+from icl_utils.evaluation import score_calibrated_packed
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, save_results
 from icl_utils.stats import mean_interval, paired_difference
 
@@ -192,21 +191,31 @@ print(f"\npools of {example_task.name} (inputs per class): " + ", ".join(f"{name
 # the **main task** of the later chapters is the *word* task on which that model has the highest
 # mean AUC (word prompts are about three times shorter than sentence prompts, and later chapters
 # run hundreds of interventions on them). Both rules read only the selection pool.
+#
+# Every condition below is scored the same way (`icl_utils.evaluation.score_calibrated_packed`):
+# each demonstration set is read once and its queries are replayed over it, several sets per
+# forward pass; calibration prompts share their set's demonstrations.
 
 # %%
-def scores_for(info, task_name, labels, k, pool="evaluation", n_groups=N_GROUPS):
-    return score_task(info, iu.load_task(task_name), n_groups, QUERIES_PER_GROUP, demos_per_class=k, label_words=labels,
-                      pool=pool, calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED, batch_size=BATCH_SIZE)
+def design(task_name, labels, k, pool="evaluation", n_groups=N_GROUPS):
+    return iu.design_prompts(iu.load_task(task_name), n_groups, QUERIES_PER_GROUP, k, label_words=labels, pool=pool,
+                             calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED)
+
+
+def scores_for(model_info, conditions, desc, **kwargs):
+    """{(task, labels, k): calibrated ICLScores} for every condition, all read in shared passes."""
+    designs = [design(*c, **kwargs) for c in conditions]
+    return dict(zip(conditions, score_calibrated_packed(model_info, designs, progress=True, desc=desc)))
 
 
 selection_rows = []
 for name in COMPARE_MODELS:
     candidate = info if name == MODEL else iu.load_model(name)
-    for task_name in tqdm([t for kind in tasks.values() for t in kind], desc=f"{name}: selection pool"):
-        for labels in (FOO_BAR, SWAPPED):
-            s = scores_for(candidate, task_name, labels, k_max, pool="selection", n_groups=N_SELECT_GROUPS)
-            selection_rows.append({"model": name, "task": task_name, "kind": kind_of[task_name], "labels": "/".join(labels),
-                                   "raw accuracy": s.accuracy(), "calibrated accuracy": s.accuracy("prior"), "AUC": s.auc()})
+    chosen = [(t, labels, k_max) for kind in tasks.values() for t in kind for labels in (FOO_BAR, SWAPPED)]
+    for (task_name, labels, _), s in scores_for(candidate, chosen, f"{name}: selection pool", pool="selection",
+                                               n_groups=N_SELECT_GROUPS).items():
+        selection_rows.append({"model": name, "task": task_name, "kind": kind_of[task_name], "labels": "/".join(labels),
+                               "raw accuracy": s.accuracy(), "calibrated accuracy": s.accuracy("prior"), "AUC": s.auc()})
     if candidate is not info:
         del candidate
 selection = pd.DataFrame(selection_rows)
@@ -233,10 +242,11 @@ conditions = [(lw, k) for lw in (FOO_BAR, "meaningful") for k in DEMOS_PER_CLASS
 conditions += [(SWAPPED, k_max), (tuple(SECOND_PAIR), k_max)]
 all_tasks = [t for kind in tasks.values() for t in kind] + ([CONTROL_TASK] if CONTROL_TASK else [])
 scores, rows = {}, []
-for task_name in tqdm(all_tasks, desc=f"{MODEL}: evaluation pool"):
+evaluated = scores_for(info, [(t, labels, k) for t in all_tasks for labels, k in conditions], f"{MODEL}: evaluation pool")
+for task_name in all_tasks:
     for labels, k in conditions:
         name = labels if isinstance(labels, str) else "/".join(labels)
-        s = scores_for(info, task_name, labels, k)
+        s = evaluated[task_name, labels, k]
         scores[task_name, name, k] = s
         correct = s.correct("prior").numpy()
         ci = mean_interval(correct, s.demo_set, seed=SEED) if len(np.unique(s.demo_set)) > 1 else None

@@ -109,7 +109,7 @@ from tqdm.auto import tqdm
 
 import icl_utils as iu
 from icl_utils.attribution import head_position_contributions
-from icl_utils.evaluation import batches_by_demonstrations
+from icl_utils.evaluation import batches_by_demonstrations, score_calibrated_packed
 from icl_utils.heads import find_in_context_heads, top_heads
 from icl_utils.prompts import demo_set_ids
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, grade, per_task_table,
@@ -361,8 +361,7 @@ def random_mean(values, groups):
     return np.mean([mean_over(values, heads) for heads in groups["random"]], axis=0)
 
 
-clean = iu.score_calibrated(info, prompts, calibration, batch_size=BATCH_SIZE, progress=False,
-                            share_prefix=True, normaliser=False)
+clean = score_calibrated_packed(info, [(prompts, calibration)])[0]
 main = measure(prompts, head_groups, "value-output vectors")
 print(f"clean model on {len(prompts)} evaluation prompts: calibrated accuracy {clean.accuracy('prior'):.3f}, "
       f"raw {clean.accuracy():.3f}, AUC {clean.auc():.3f}")
@@ -477,8 +476,7 @@ plt.show()
 swapped, swapped_calibration = iu.design_prompts(task, N_GROUPS, QUERIES_PER_GROUP, DEMOS_PER_CLASS,
                                                  label_words=(bar_word, foo_word), pool="evaluation",
                                                  calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED + 1)
-swap_clean = iu.score_calibrated(info, swapped, swapped_calibration, batch_size=BATCH_SIZE, progress=False,
-                            share_prefix=True, normaliser=False)
+swap_clean = score_calibrated_packed(info, [(swapped, swapped_calibration)])[0]
 swap = measure(swapped, head_groups, "label-swapped prompts")
 others = {}
 for name in OTHER_TASKS:
@@ -490,8 +488,7 @@ for name in OTHER_TASKS:
     other_ranking.check_held_out(other_prompts)
     other_groups = head_groups_for(other_ranking, SEED)
     others[name] = {"groups": other_groups, "data": measure(other_prompts, other_groups, name),
-                    "clean": iu.score_calibrated(info, other_prompts, other_calibration, batch_size=BATCH_SIZE,
-                                                 progress=False, share_prefix=True, normaliser=False)}
+                    "clean": score_calibrated_packed(info, [(other_prompts, other_calibration)])[0]}
     print(f"{name}: top heads {other_groups['in-context (top S)']}; clean calibrated accuracy "
           f"{others[name]['clean'].accuracy('prior'):.3f}")
 
@@ -508,8 +505,8 @@ def learns(scores):
 
 
 def beyond_random(data, groups, key):
-    top = mean_over(data[key], groups["in-context (top S)"])
-    return cluster_bootstrap(lambda r: top[r].mean() - random_mean(data[key], groups)[r].mean(), data["demo_set"], seed=SEED)
+    top, random_sets = mean_over(data[key], groups["in-context (top S)"]), random_mean(data[key], groups)  # per prompt
+    return cluster_bootstrap(lambda r: top[r].mean() - random_sets[r].mean(), data["demo_set"], seed=SEED)
 
 
 def grade_task(name, data, groups, scores, swapped_data=None, swapped_scores=None):

@@ -102,10 +102,10 @@ import torch
 from tqdm.auto import tqdm
 
 import icl_utils as iu
-from icl_utils.evaluation import batches_by_demonstrations, scores_from_hidden
+from icl_utils.evaluation import batches_by_demonstrations, score_calibrated_packed, scores_from_hidden
 from icl_utils.heads import find_in_context_heads
 from icl_utils.prompts import demo_set_ids, render_prompt
-from icl_utils.qk import attention_logits, capture_rotary, replace_query, unrotate
+from icl_utils.qk import attention_logits, capture_rotary, last_hidden_with_queries, unrotate
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, grade, per_task_table,
                                  save_results)
 from icl_utils.stats import auc, cluster_bootstrap, grouped_auc, mean_interval, spearman
@@ -201,8 +201,7 @@ for name, heads in head_groups.items():
 prompts, calibration = iu.design_prompts(task, N_GROUPS, QUERIES_PER_GROUP, DEMOS_PER_CLASS, pool="evaluation",
                                          calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED + 1)
 ranking.check_held_out(prompts)  # evaluation pool: no query that ranked the heads
-clean = iu.score_calibrated(info, prompts, calibration, batch_size=BATCH_SIZE, progress=False,
-                            share_prefix=True, normaliser=False)
+clean = score_calibrated_packed(info, [(prompts, calibration)])[0]
 predicted = clean.predictions("prior")  # calibrated prediction: class index
 print(f"{len(prompts)} prompts ({len({p.query for p in prompts})} distinct queries) in {N_GROUPS} demonstration sets; "
       f"calibrated accuracy {clean.accuracy('prior'):.1%}, raw {clean.accuracy():.1%}; predicted {foo_word} on "
@@ -220,7 +219,7 @@ print(f"{len(prompts)} prompts ({len({p.query for p in prompts})} distinct queri
 # %%
 RECORD = ("resid", "attn", "qkv", "attn_out")
 reference = iu.run_with_trace(info, iu.encode_prompts(info, prompts[:BATCH_SIZE]), layers=sorted({l for l, _ in studied}),
-                              record=("resid", "attn_out"))
+                              record=("resid", "attn_out"), share_prefix=True)
 REFERENCE = reference.final_resid[:, 0].mean(0)  # the final norm's scale, the same for every prompt
 REFERENCE_ATTN_OUT = {l: x[:, 0].mean(0) for l, x in reference.attn_out.items()}  # the post-attention norm's, if any
 
@@ -368,8 +367,7 @@ shift = attention_by_prediction(records, clean, head_groups)
 swapped, swapped_calibration = iu.design_prompts(task, N_SWAP_GROUPS, QUERIES_PER_GROUP, DEMOS_PER_CLASS,
                                                  label_words=(bar_word, foo_word), pool="evaluation",
                                                  calibration_per_class=CALIBRATION_PER_CLASS, seed=SEED + 1)
-swap_clean = iu.score_calibrated(info, swapped, swapped_calibration, batch_size=BATCH_SIZE, progress=False,
-                            share_prefix=True, normaliser=False)
+swap_clean = score_calibrated_packed(info, [(swapped, swapped_calibration)])[0]
 swap_records, _ = collect(swapped, studied, "label-swapped prompts")
 swap_shift = attention_by_prediction(swap_records, swap_clean, head_groups)
 
@@ -539,20 +537,16 @@ pd.DataFrame({"attention rise at the receiving slot": {k: v.mean() for k, v in r
 
 # %%
 def query_swap_shift(pairs):
-    """Per pair: shift of logit(foo) - logit(bar) towards B's label when A's top heads get B's queries."""
-    shifts = []
-    for start_ in range(0, len(pairs), BATCH_SIZE):
-        chunk = pairs[start_:start_ + BATCH_SIZE]
-        a_prompts = [records[a]["prompt"] for a, _ in chunk]
-        batch = iu.encode_prompts(info, a_prompts)
-        queries = {lh: torch.stack([records[b]["heads"][lh]["q"] for _, b in chunk]) for lh in top}
-        with replace_query(info, queries, batch.last_positions):
-            edited = iu.score_prompts(info, a_prompts, progress=False, normaliser=False)
-        diff = (edited.label_logits[:, 0] - edited.label_logits[:, 1]) - torch.stack(
-            [clean.label_logits[a, 0] - clean.label_logits[a, 1] for a, _ in chunk])
-        towards = torch.tensor([1.0 if records[b]["prompt"].gold == task.classes[0] else -1.0 for _, b in chunk])
-        shifts.append((towards * diff).numpy())
-    return np.concatenate(shifts)
+    """Per pair: shift of logit(foo) - logit(bar) towards B's label when A's top heads get B's queries.
+    The edit acts at the last position only, so each demonstration set runs once, unedited, and only
+    the queries are replayed with the edit on (icl_utils.qk.last_hidden_with_queries)."""
+    a_prompts = [records[a]["prompt"] for a, _ in pairs]
+    queries = {lh: torch.stack([records[b]["heads"][lh]["q"] for _, b in pairs]) for lh in top}
+    edited = scores_from_hidden(info, last_hidden_with_queries(info, a_prompts, queries, BATCH_SIZE), a_prompts)
+    diff = (edited.label_logits[:, 0] - edited.label_logits[:, 1]) - torch.stack(
+        [clean.label_logits[a, 0] - clean.label_logits[a, 1] for a, _ in pairs])
+    towards = torch.tensor([1.0 if records[b]["prompt"].gold == task.classes[0] else -1.0 for _, b in pairs])
+    return (towards * diff).numpy()
 
 
 pair_rng = random.Random(SEED)
@@ -644,8 +638,7 @@ for name in OTHER_TASKS:
     other_top = other_ranking.top(N_TOP_HEADS)
     others[name] = {"top": other_top, "auc": two_tower_auc(collect(other_prompts, other_top, name)[0], other_top)[0],
                     "sets": demo_set_ids(other_prompts),
-                    "clean": iu.score_calibrated(info, other_prompts, other_calibration, batch_size=BATCH_SIZE,
-                                                 progress=False, share_prefix=True, normaliser=False)}
+                    "clean": score_calibrated_packed(info, [(other_prompts, other_calibration)])[0]}
     print(f"{name}: top heads {other_top}; clean calibrated accuracy {others[name]['clean'].accuracy('prior'):.3f}")
 
 # %% [markdown]

@@ -13,6 +13,7 @@ Every ICLScores knows each prompt's demonstration set (`demo_set`), the unit int
 from __future__ import annotations
 
 import numbers
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -456,6 +457,127 @@ def _record_clean_pass(info: ModelInfo, batch, shared: int) -> dict:
     with record_layers(info, cache) as queries:
         replay(info, cache, batch.input_ids[:, shared:], batch.attention_mask, repeat=len(batch.input_ids), reuse=False)
     return {"prefix": prefix, "queries": queries}
+
+
+# ----------------------------------------------------------------------------------------------
+# Many demonstration sets per pass: their prefixes side by side, each set's queries packed in its row
+
+
+@torch.no_grad()
+def last_position_hidden_packed(info: ModelInfo, prompts: list, tokens_per_pass: int = 2048, row_tokens: int = 512,
+                                progress: bool = False, desc: str = "scoring") -> torch.Tensor:
+    """Final-normed hidden state at each prompt's last position, (n_prompts, d_model) in the order of
+    `prompts`: the numbers of last_position_hidden (and of score_prompts(..., share_prefix=True)), up
+    to float rounding, in far fewer and fuller passes.
+
+    Prompts are grouped by demonstration set. Several sets run per pass: their shared tokens side by
+    side, one right-padded row per set (a real token never reads the padding after it), then, in a
+    second pass over those cached keys and values, every prompt's own tokens packed one after the
+    other in its set's row, each at its real position and reading only its set's shared tokens and
+    its own earlier tokens (a 4-D mask). No cache is copied per prompt and no query is padded to the
+    longest; sets of similar length share a pass (about tokens_per_pass tokens in each), and a set
+    with more than row_tokens tokens of its own (e.g. every prompt without demonstrations) takes
+    several rows.
+    """
+    from .knockout import _knock_out_rows, _sliding_windows
+
+    check_prompt_list(prompts, "last_position_hidden_packed")
+    _refuse_positional(info)
+    by_text: dict = {}  # the demonstrations as written (label words included): what a set's prompts share
+    for i, p in enumerate(prompts):
+        by_text.setdefault(p.text[: p.label_spans[-1][1]] if p.label_spans else "", []).append(i)
+    sets = []  # (prompt indices, shared length, each prompt's token ids), at most row_tokens own tokens each
+    for idx in by_text.values():
+        batch = encode_prompts(info, [prompts[i] for i in idx])
+        lengths = batch.attention_mask.sum(1).tolist()
+        shared = _shared_prefix_length(batch)
+        part, size = [], 0
+        for r, n in enumerate(lengths):
+            if part and size + n - shared > row_tokens:  # a long row costs attention quadratic in its length
+                sets.append(([idx[j] for j in part], shared, [batch.input_ids[j, :lengths[j]] for j in part]))
+                part, size = [], 0
+            part.append(r)
+            size += n - shared
+        sets.append(([idx[j] for j in part], shared, [batch.input_ids[j, :lengths[j]] for j in part]))
+    sets.sort(key=lambda s: (s[1], sum(len(ids) for ids in s[2])))  # similar lengths pad little
+    passes, size = [[]], 0
+    for s in sets:
+        cost = s[1] + sum(len(ids) - s[1] for ids in s[2])
+        if passes[-1] and size + cost > tokens_per_pass:
+            passes.append([])
+            size = 0
+        passes[-1].append(s)
+        size += cost
+    windows = _sliding_windows(info)
+    out = torch.empty(len(prompts), info.d_model)
+    for chunk in tqdm(passes, desc=desc, disable=not progress, leave=False):
+        rows, width = len(chunk), max(s[1] for s in chunk)
+        q = max(sum(len(ids) - shared for ids in own) for _, shared, own in chunk)
+        prefix = torch.zeros(rows, width, dtype=torch.long)
+        ids = torch.zeros(rows, q, dtype=torch.long)
+        positions = torch.zeros(rows, q, dtype=torch.long)
+        segment = torch.full((rows, q), -1)  # which prompt of the row each new token belongs to (-1: padding)
+        sees = torch.zeros(rows, q, width + q, dtype=torch.bool)
+        last = []  # (prompt index, row, slot of its last token)
+        for r, (idx, shared, own) in enumerate(chunk):
+            prefix[r, :shared] = own[0][:shared]
+            start = 0
+            for i, tokens in zip(idx, own):
+                n = len(tokens) - shared
+                ids[r, start:start + n] = tokens[shared:]
+                positions[r, start:start + n] = torch.arange(shared, len(tokens))
+                segment[r, start:start + n] = i
+                sees[r, start:start + n, :shared] = True
+                last.append((i, r, start + n - 1))
+                start += n
+        same = (segment[:, :, None] == segment[:, None, :]) & (positions[:, None, :] <= positions[:, :, None])
+        sees[:, :, width:] = same & (segment[:, None, :] >= 0)
+        sees[:, :, width:] |= torch.eye(q, dtype=torch.bool)  # padding reads itself only
+        key_positions = torch.cat([torch.arange(width).expand(rows, width), positions], 1)
+        blocks = {}
+        for layer, window in windows.items():  # the 4-D mask replaces the model's own, window included
+            outside = sees & (key_positions[:, None, :] <= positions[:, :, None] - window)
+            if bool(outside.any()):
+                blocks[layer] = outside
+        cache = cached_prefix(info, prefix) if width else _empty_cache()
+        device = info.device
+        with _knock_out_rows(info, blocks) if blocks else nullcontext():
+            hidden = info.decoder(input_ids=ids.to(device), position_ids=positions.to(device),
+                                  attention_mask=sees[:, None].to(device), past_key_values=cache,
+                                  use_cache=True).last_hidden_state
+        i, r, slot = (torch.tensor(x) for x in zip(*last))
+        out[i] = hidden[r.to(hidden.device), slot.to(hidden.device)].float().cpu()
+    return out
+
+
+def _empty_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+@torch.no_grad()
+def score_calibrated_packed(info: ModelInfo, designs: list, tokens_per_pass: int = 2048, normaliser: bool = False,
+                            progress: bool = False, desc: str = "scoring") -> list:
+    """score_calibrated for many designs at once: designs is a list of (prompts, calibration prompts)
+    (e.g. from design_prompts, one per task and condition); returns their calibrated ICLScores in
+    order. All prompts of all designs are read by last_position_hidden_packed, several demonstration
+    sets per pass; the same numbers as score_calibrated(..., share_prefix=True) up to float rounding."""
+    everything = []
+    for prompts, calibration in designs:
+        check_prompt_list(prompts, "score_calibrated_packed")
+        check_prompt_list(calibration, "score_calibrated_packed (its calibration prompts)",
+                          "build them with iu.calibration_prompts(task, prompts), or use iu.design_prompts, which returns both")
+        everything += list(prompts) + list(calibration)
+    hidden = last_position_hidden_packed(info, everything, tokens_per_pass, progress=progress, desc=desc)
+    out, start = [], 0
+    for prompts, calibration in designs:
+        n, m = len(prompts), len(calibration)
+        both = scores_from_hidden(info, hidden[start:start + n + m], list(prompts) + list(calibration), normaliser)
+        out.append(both.take(range(n)).calibrated_with(both.take(range(n, n + m))))
+        start += n + m
+    return out
+
 
 
 def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=8, label_words="foo/bar",

@@ -109,3 +109,38 @@ def replace_query(info: ModelInfo, queries: dict, positions: torch.Tensor):
 
     with edit_attention(info, edit, heads=list(queries)):
         yield
+
+
+@torch.no_grad()
+def last_hidden_with_queries(info: ModelInfo, prompts: list, queries: dict, batch_size: int = 16) -> torch.Tensor:
+    """Final-normed hidden state at each prompt's last position when the chosen heads attend from
+    there with other queries (replace_query; queries {(layer, head): (n_prompts, d_head)}):
+    (n_prompts, d_model), in the order of `prompts`.
+
+    The edit changes only the last position, which no earlier token reads, so prompts that share
+    their demonstrations run them once, unedited, and only their own tokens are replayed over the
+    cached keys and values with the edit on (at the last token's place in the replay): the same
+    numbers as whole passes under replace_query, up to float rounding.
+    """
+    from .evaluation import _prefix_groups, _shared_prefix_length, cached_prefix, replay
+    from .prompts import encode_prompts
+
+    out = torch.empty(len(prompts), info.d_model)
+    for idx in _prefix_groups(prompts, batch_size):
+        batch = encode_prompts(info, [prompts[i] for i in idx])
+        chosen = {lh: q[idx] for lh, q in queries.items()}
+        shared = _shared_prefix_length(batch)
+        rows = torch.arange(len(idx))
+        if shared:
+            cache = cached_prefix(info, batch.input_ids[:1, :shared])  # before the edit: it acts at the last position only
+            with replace_query(info, chosen, batch.last_positions - shared):
+                hidden = replay(info, cache, batch.input_ids[:, shared:], batch.attention_mask, repeat=len(idx),
+                                reuse=False, positional_ok=True)
+            hidden = hidden[rows.to(hidden.device), (batch.last_positions - shared).to(hidden.device)]
+        else:
+            with replace_query(info, chosen, batch.last_positions):
+                hidden = info.decoder(input_ids=batch.input_ids.to(info.device),
+                                      attention_mask=batch.attention_mask.to(info.device), use_cache=False).last_hidden_state
+            hidden = hidden[rows.to(hidden.device), batch.last_positions.to(hidden.device)]
+        out[torch.as_tensor(idx)] = hidden.float().cpu()
+    return out

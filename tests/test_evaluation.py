@@ -334,3 +334,39 @@ def test_log_normalisers_equal_a_full_logsumexp(info):
     hidden = torch.randn(5, info.d_model, generator=torch.Generator().manual_seed(0))
     want = torch.logsumexp(info.logits_from_final_hidden(hidden).float(), -1)
     torch.testing.assert_close(_log_normalisers(info, hidden), want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_hidden_states_equal_full_passes(info, task):
+    """Sets of different lengths and label words (the same demonstrations with the words swapped are
+    two sets), no demonstrations at all, in mixed order, one pass or several: the last hidden states
+    of whole-prompt passes (tiny Gemma's sliding window is shorter than these prompts)."""
+    from icl_utils.evaluation import last_position_hidden, last_position_hidden_packed
+    from icl_utils.prompts import build_prompt_groups
+
+    prompts = []
+    for k, words in ((2, "foo/bar"), (2, ("bar", "foo")), (0, "foo/bar"), (1, "foo/bar")):
+        groups = build_prompt_groups(task, n_groups=2, queries_per_group=3, demos_per_class=k, label_words=words, seed=3)
+        prompts += [p for g in groups for p in g]
+    prompts = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))]
+    expected = torch.cat([last_position_hidden(info, encode_prompts(info, prompts[s:s + 4])).float()
+                          for s in range(0, len(prompts), 4)])
+    for tokens_per_pass in (40, 10_000):
+        got = last_position_hidden_packed(info, prompts, tokens_per_pass=tokens_per_pass)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_calibrated_scores_equal_score_calibrated(info, task):
+    from icl_utils.evaluation import score_calibrated, score_calibrated_packed
+    from icl_utils.prompts import build_prompt_groups, calibration_prompts
+
+    designs = []
+    for words in ("foo/bar", ("bar", "foo")):
+        groups = build_prompt_groups(task, n_groups=2, queries_per_group=4, demos_per_class=2, label_words=words, seed=3)
+        prompts = [p for g in groups for p in g]
+        designs.append((prompts, calibration_prompts(task, prompts, per_class=1, seed=3)))
+    for (prompts, calibration), got in zip(designs, score_calibrated_packed(info, designs)):
+        expected = score_calibrated(info, prompts, calibration, batch_size=8, progress=False, share_prefix=True,
+                                    normaliser=False)
+        torch.testing.assert_close(got.label_logits, expected.label_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.log_prior, expected.log_prior, atol=1e-4, rtol=1e-4)
+        assert list(got.demo_set) == list(expected.demo_set)

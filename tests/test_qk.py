@@ -83,3 +83,23 @@ def test_rotary_captured_over_a_shared_prefix_covers_the_whole_sequence(info, ta
         assert got_cos.shape[-2] == cos.shape[-2]
         torch.testing.assert_close(got_cos.expand_as(cos.expand(got_cos.shape[0], -1, -1)), cos.expand(got_cos.shape[0], -1, -1))
         torch.testing.assert_close(got_sin[0], sin[0])
+
+
+def test_replaced_queries_over_shared_demonstrations_equal_whole_passes(info, task):
+    """last_hidden_with_queries runs each set's demonstrations once and replays only the queries with
+    the edit on: the same final states as whole prompts under replace_query; prompts of two sets in
+    mixed order, and a lone prompt (nothing shared with another) among them."""
+    from icl_utils.evaluation import last_position_hidden
+
+    groups = iu.build_prompt_groups(task, 2, 3, demos_per_class=2, seed=1, distinct_queries=True)
+    prompts = [groups[0][0], groups[1][0], groups[0][1], groups[1][1], groups[0][2], groups[1][2]]
+    prompts.append(iu.build_prompts(task, 1, demos_per_class=1, seed=5)[0])
+    batch = iu.encode_prompts(info, prompts)
+    trace = iu.run_with_trace(info, batch, record=("qkv",))
+    layer = info.n_layers - 1
+    queries = {(layer, 1): trace.q[layer][:, 1, 0].roll(1, dims=0) * 3, (0, 2): trace.q[0][:, 2, 0].flip(0)}
+    with qk.replace_query(info, queries, batch.last_positions):
+        expected = last_position_hidden(info, batch).float()
+    got = qk.last_hidden_with_queries(info, prompts, queries, batch_size=2)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, last_position_hidden(info, batch).float(), atol=1e-3)  # the edit did act

@@ -77,3 +77,24 @@ def test_value_output_log_odds_at_fixed_scales_depend_on_the_vector_alone(info, 
     if getattr(info.final_norm, "bias", None) is None and getattr(info.model.config, "final_logit_softcapping", None) is None:
         doubled = vocab.value_output_log_odds(info, trace, [4, 9], weighted=False, frozen_at=2 * ref, attn_out_at=refs)
         torch.testing.assert_close(doubled, fixed / 2, atol=1e-4, rtol=1e-3)
+
+
+def test_value_output_log_odds_equal_reading_the_materialised_vectors(info, batch):
+    """The read-out carried back to the value vectors gives what reading each vo_p through
+    label_log_odds gives (its definition), weighted or not, at each prompt's own scales or fixed ones."""
+    from icl_utils.attribution import head_position_contributions
+
+    trace = icl_utils.run_with_trace(info, batch, record=("resid", "attn", "qkv", "attn_out"))
+    final = trace.final_resid[:, 0]
+    ref = final.mean(0)
+    refs = {layer: x[:, 0].mean(0) for layer, x in trace.attn_out.items()}
+    for weighted in (True, False):
+        for frozen_at, attn_out_at in ((None, None), (ref, refs)):
+            got = vocab.value_output_log_odds(info, trace, [4, 9], layers=[0, info.n_layers - 1], weighted=weighted,
+                                              frozen_at=frozen_at, attn_out_at=attn_out_at)
+            for j, layer in enumerate((0, info.n_layers - 1)):
+                vo = head_position_contributions(info, trace, layer, weighted=weighted,
+                                                 attn_out_at=None if attn_out_at is None else attn_out_at[layer])
+                at = final[:, None, None] if frozen_at is None else frozen_at
+                expected = vocab.label_log_odds(info, vo, [4, 9], frozen_at=at)
+                torch.testing.assert_close(got[:, j], expected, atol=1e-4, rtol=1e-4)
