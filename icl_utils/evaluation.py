@@ -479,7 +479,7 @@ def last_position_hidden_packed(info: ModelInfo, prompts: list, tokens_per_pass:
     with more than row_tokens tokens of its own (e.g. every prompt without demonstrations) takes
     several rows.
     """
-    from .knockout import _knock_out_rows, _sliding_windows
+    from .knockout import _empty_cache, _knock_out_rows, _sliding_windows
 
     check_prompt_list(prompts, "last_position_hidden_packed")
     _refuse_positional(info)
@@ -548,12 +548,6 @@ def last_position_hidden_packed(info: ModelInfo, prompts: list, tokens_per_pass:
         i, r, slot = (torch.tensor(x) for x in zip(*last))
         out[i] = hidden[r.to(hidden.device), slot.to(hidden.device)].float().cpu()
     return out
-
-
-def _empty_cache():
-    from transformers import DynamicCache
-
-    return DynamicCache()
 
 
 @torch.no_grad()
