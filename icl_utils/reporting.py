@@ -2,23 +2,35 @@
 
 A chapter first *declares* each claim it tests (`ClaimSpec`): the paper's claim and figure, the
 metric the book computes, the paper's direction, the smallest effect that counts (with its
-reason), the control or null, the resampling unit and the precondition. After the measurement,
-`grade(spec, interval, ...)` turns the estimate and its interval into a `Verdict`:
+reason), the control or null, the resampling unit, the precondition, and whether the row is the
+claim's *primary* row or exploratory. After the measurement, `grade(spec, interval, ...)` turns the
+estimate and its Student-t interval (`icl_utils.stats`) into a `Verdict`, in this order:
 
-* reproduced: the precondition holds, the interval excludes the null and the estimate reaches
-  the smallest effect that counts, in the paper's direction;
-* contradicted: the interval excludes the smallest effect that counts (the effect, if any, is
-  smaller than what the claim needs, or has the other sign);
-* inconclusive: neither; the graded claim carries the minimum detectable effect of the design and
-  the number of units that would settle it;
-* not testable: the precondition fails (e.g. the clean model does not learn the task, so there is
-  nothing for an ablation to destroy);
-* differs: a stated structural reason makes the book's setting unlike the paper's.
+1. differs: a stated structural reason makes the book's setting unlike the paper's;
+2. not testable: the declared precondition fails, or a measured check fails (`Check`): *room to
+   move* (a bounded measure's clean value is at least the smallest effect away from the bound it
+   must move towards) or *able to detect* (the design's minimum detectable effect at 80% power is at
+   most the smallest effect that counts);
+3. inconclusive, "n units < 8": fewer than `MIN_UNITS` independent units (demonstration sets,
+   seeds, tasks) never count as evidence either way;
+4. reproduced: the interval excludes the null and the estimate reaches the smallest effect, in
+   the paper's direction; contradicted: the whole interval lies below the smallest effect; else
+   inconclusive, with the minimum detectable effect and the units that would settle it.
 
 A claim that two things are *alike* (e.g. "ablating these heads does about as much as ablating
-random ones") is declared with direction "equivalent": the smallest effect that counts is then the
-margin of an equivalence test. Reproduced: the whole interval lies inside (-margin, +margin) around
-the null; contradicted: the whole interval lies outside it; otherwise inconclusive.
+random ones") is declared with direction "equivalent": reproduced when the whole interval lies
+inside (-margin, +margin) around the null, contradicted when it lies wholly outside.
+
+Multiplicity: a chapter grades many rows at 95% each. Each paper claim has one declared primary row
+(`ClaimSpec(primary=True)`, on the chapter's main task); the primary rows of a chapter form one
+family, and their reproduced/contradicted decisions use Holm's step-down correction over that
+family (`family_verdicts`, applied by `claims_table`, `per_task_table` and `save_results`). Other
+rows are exploratory and keep the single-row rule. A claim declared after its data were seen is
+marked `post_hoc=True`. The column "clears" says whether the *whole* interval is past the smallest
+effect, so a strong result and a borderline one do not look alike.
+
+`grade` refuses a zero-width interval from more than one unit unless the spec declares the
+statistic exact: such an interval comes from a resampling that holds a selection fixed.
 
 No chapter writes a verdict by hand. (A results file written by an older version of a chapter may
 still hold hand-written verdicts; the reproduction table shows such rows as "not graded".)
@@ -26,14 +38,16 @@ still hold hand-written verdicts; the reproduction table shows such rows as "not
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .stats import Interval, minimum_detectable_effect, units_to_settle
+from .stats import CONFIDENCE, Interval, minimum_detectable_effect, units_to_settle
 
 RESULTS_DIR = Path(os.environ.get("ICL_RESULTS_DIR", Path(__file__).resolve().parents[1] / "results"))
+MIN_UNITS = 8  # fewer independent units than this is inconclusive, whatever the interval says
 
 
 class Verdict(str, Enum):
@@ -65,6 +79,9 @@ class ClaimSpec:
     unit: str  # what the interval resamples (demonstration sets, seeds, prompts)
     precondition: str = ""  # what must hold for the claim to be testable ("" for none)
     null: float = 0.0  # the metric's value when there is no effect
+    primary: bool = False  # the paper claim's one primary row (Holm-corrected over the chapter's primary rows)
+    post_hoc: bool = False  # declared after its data were seen
+    exact: bool = False  # the statistic has no sampling error (a zero-width interval is then allowed)
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -77,8 +94,58 @@ class ClaimSpec:
                 "paper's direction": (f"within ±{self.smallest_effect:g} of {self.null:g}" if self.direction == "equivalent"
                                       else f"{self.direction} from {self.null:g}"),
                 "smallest effect that counts": f"{self.smallest_effect:g} ({self.smallest_effect_reason})",
-                "control / null": self.control, "resampled unit": self.unit,
-                "precondition": self.precondition or "none"}
+                "control / null": self.control, "resampled unit": f"{self.unit} (at least {MIN_UNITS})",
+                "precondition": self.precondition or "none",
+                "role": ("primary" if self.primary else "exploratory") + (", declared after the data (post hoc)" if self.post_hoc else "")}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A precondition measured in this run: its name, whether it holds, and the numbers behind it."""
+
+    name: str
+    met: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'holds' if self.met else 'FAILS'} ({self.detail})"
+
+
+def room_to_move(clean: float, bound: float, smallest_effect: float, measure: str) -> Check:
+    """A bounded measure (accuracy, MRR, probability) can move by the smallest effect that counts
+    only if its clean value lies at least that far from the bound it has to move towards (for a fall
+    of calibrated accuracy under symmetric zeroing: chance; for a fall of MRR: its floor)."""
+    room = abs(bound - clean)
+    return Check("room to move", room >= smallest_effect,
+                 f"{measure}: clean {clean:.3f}, bound {bound:g}, room {room:.3f} vs smallest effect {smallest_effect:g}")
+
+
+def moves_at_all(values_by_arm: dict, measure: str) -> Check:
+    """A measure that takes one value on every unit in every arm (clean, treated, control; e.g. MRR
+    at its ceiling of 1 on every prompt however many neurons are zeroed) cannot move: no comparison
+    of arms on it is evidence either way."""
+    import numpy as np
+
+    values = np.concatenate([np.ravel(np.asarray(v, dtype=float)) for v in values_by_arm.values()])
+    spread = float(np.ptp(values)) if len(values) else 0.0
+    return Check("room to move", spread > 0,
+                 f"{measure}: {'varies' if spread > 0 else 'takes the single value ' + format(values[0], '.3f') + ' on every unit in'} "
+                 f"{', '.join(values_by_arm)}")
+
+
+def able_to_detect(se: float, n_units: int, smallest_effect: float, measure: str) -> Check:
+    """The design's minimum detectable effect at 80% power (t on n_units - 1 df) for a quantity
+    measured with standard error `se` on these units (from the clean data, e.g. the clean accuracy's
+    interval) is at most the smallest effect that counts."""
+    mde = minimum_detectable_effect(se, n_units)
+    return Check("able to detect", mde <= smallest_effect,
+                 f"{measure}: detectable effect at 80% power {mde:.3f} on {n_units} units vs smallest effect {smallest_effect:g}")
+
+
+def design_checks(clean: Interval, bound: float, smallest_effect: float, measure: str) -> list:
+    """The two standard preconditions of a claim about a change of a bounded measure, from its clean interval."""
+    return [room_to_move(clean.estimate, bound, smallest_effect, measure),
+            able_to_detect(clean.se, clean.n_units, smallest_effect, measure)]
 
 
 @dataclass
@@ -93,79 +160,155 @@ class GradedClaim:
     mde: float | None = None  # minimum detectable effect of this design, at 80% power (when inconclusive)
     units_needed: int | None = None  # units at which an interval around this estimate would settle the claim
     precondition_met: bool | None = None
-    reason: str = ""  # why not testable / why it differs
+    reason: str = ""  # why not testable / why it differs / why inconclusive
     task: str = ""  # the data set, when a claim is graded on several (see per_task_table)
+    primary: bool = False  # a primary row: its verdict is decided with the chapter's other primary rows (Holm)
+    interval: Interval | None = None
+    checks: list = field(default_factory=list)
+    single_verdict: Verdict | None = None  # the verdict of this row alone, before any multiplicity correction
+    p_value: float | None = None  # the row's test: for reproduced, against the null; for contradicted, against the smallest effect
+    p_holm: float | None = None  # that p-value, Holm-adjusted over the chapter's primary rows
+
+    def clears(self) -> str:
+        """'yes' when the whole interval is past the smallest effect in the paper's direction (inside
+        the margin, for an equivalence claim); '' when there is no interval."""
+        if self.low is None:
+            return ""
+        if self.spec.direction == "equivalent":
+            inside = -self.spec.smallest_effect < self.low - self.spec.null and self.high - self.spec.null < self.spec.smallest_effect
+            return "yes" if inside else "no"
+        sign = DIRECTIONS[self.spec.direction]
+        near = min(sign * (self.low - self.spec.null), sign * (self.high - self.spec.null))
+        return "yes" if near >= self.spec.smallest_effect else "no"
 
     def row(self) -> dict:
         """One flat row for tables and the results file."""
         interval = "" if self.low is None else f"[{self.low:+.3f}, {self.high:+.3f}]"
         settle = ""
-        if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None:
+        if self.verdict is Verdict.INCONCLUSIVE and self.mde is not None and not self.reason:
             settle = f"detectable effect {self.mde:.3f}; ~{self.units_needed} {self.spec.unit}s would settle it"
             if self.n_units and self.units_needed > 100 * self.n_units:
                 settle = (f"detectable effect {self.mde:.3f}; the estimate sits at the smallest effect that counts, "
                           f"so no affordable sample settles it (~{self.units_needed:.0e} {self.spec.unit}s)")
+        if self.primary and self.single_verdict is not None and self.single_verdict != self.verdict:
+            settle = (settle + "; " if settle else "") + f"alone: {self.single_verdict.value}, Holm-adjusted p {self.p_holm:.3f}"
         return {
             "claim": self.spec.claim, "task": self.task, "paper": self.spec.paper, "book": self.book, "metric": self.spec.metric,
             "estimate": self.estimate, "interval": interval, "smallest effect": self.spec.smallest_effect,
-            "direction": self.spec.direction, "n units": self.n_units, "unit": self.spec.unit,
+            "clears": self.clears(), "direction": self.spec.direction, "n units": self.n_units, "unit": self.spec.unit,
             "verdict": self.verdict.value, "settle": settle or self.reason, "graded": True,
+            "role": "primary" if self.primary else "exploratory", "post hoc": self.spec.post_hoc,
+            "p": self.p_value, "p (Holm)": self.p_holm, "checks": "; ".join(str(c) for c in self.checks),
         }
 
 
-def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_met: bool = True,
-          differs: str = "", reason: str = "", task: str = "") -> GradedClaim:
+def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_met: bool | None = None,
+          checks: list = (), differs: str = "", reason: str = "", task: str = "", exploratory: bool = False) -> GradedClaim:
     """The verdict of `spec` given the estimate's `interval` (None when it could not be measured).
 
     precondition_met: whether the declared precondition holds in this run (its own interval
-    decides it, e.g. clean accuracy's lower bound above chance). differs: a structural reason the
+    decides it, e.g. clean accuracy's lower bound above chance); required when the spec declares a
+    precondition. checks: measured preconditions (`room_to_move`, `able_to_detect`,
+    `design_checks`); any that fails makes the claim not testable. differs: a structural reason the
     book's setting is unlike the paper's; it overrides the statistics but the numbers are kept.
-    task: the data set this grade is for, when the claim is graded on several.
+    task: the data set this grade is for, when the claim is graded on several; exploratory: this
+    row of a primary spec is not its primary row (e.g. the same claim on a second task).
     """
-    graded = GradedClaim(spec, Verdict.NOT_TESTABLE, book, precondition_met=precondition_met, task=task)
+    if spec.precondition and precondition_met is None:
+        raise ValueError(f"the claim {spec.claim!r} declares a precondition ({spec.precondition}); say whether it held "
+                         f"in this run: grade(..., precondition_met=<bool>)")
+    if (interval is not None and interval.n_units > 1 and interval.high == interval.low and not spec.exact):
+        raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
+                         f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
+                         f"selection redone without each unit (stats.jackknife_interval), show it as a description "
+                         f"instead, or declare the statistic exact (ClaimSpec(exact=True))")
+    met = True if precondition_met is None else bool(precondition_met)
+    graded = GradedClaim(spec, Verdict.NOT_TESTABLE, book, precondition_met=met, task=task,
+                         primary=spec.primary and not exploratory, interval=interval, checks=list(checks))
     if interval is not None:
         graded.estimate, graded.low, graded.high, graded.n_units = (interval.estimate, interval.low, interval.high,
                                                                       interval.n_units)
+    failed = [c for c in checks if not c.met]
     if differs:
         graded.verdict, graded.reason = Verdict.DIFFERS, differs
-        return graded
-    if not precondition_met or interval is None:
-        graded.reason = reason or (f"precondition fails: {spec.precondition}" if not precondition_met
-                                   else "could not be measured")
-        return graded
+    elif not met or interval is None or failed:
+        graded.reason = reason or "; ".join([f"precondition fails: {spec.precondition}"] * (not met)
+                                            + [str(c) for c in failed]) or "could not be measured"
+    elif interval.n_units < MIN_UNITS:
+        graded.verdict = Verdict.INCONCLUSIVE
+        graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"
+    else:
+        graded.verdict = _interval_verdict(spec, interval)
+        graded.p_value = _row_p_value(spec, interval)
+        if graded.verdict is Verdict.INCONCLUSIVE:
+            _settle(spec, interval, graded)
+    graded.single_verdict = graded.verdict
+    return graded
+
+
+def _interval_verdict(spec: ClaimSpec, interval: Interval) -> Verdict:
+    """The single-row rule, read off the 95% interval."""
     if spec.direction == "equivalent":
-        return _grade_equivalence(spec, interval, graded)
+        margin = spec.smallest_effect
+        low, high = interval.low - spec.null, interval.high - spec.null
+        if -margin < low and high < margin:
+            return Verdict.REPRODUCED
+        return Verdict.CONTRADICTED if low >= margin or high <= -margin else Verdict.INCONCLUSIVE
     sign = DIRECTIONS[spec.direction]
     effect = sign * (interval.estimate - spec.null)
     low, high = sorted((sign * (interval.low - spec.null), sign * (interval.high - spec.null)))
     if low > 0 and effect >= spec.smallest_effect:
-        graded.verdict = Verdict.REPRODUCED
-    elif high < spec.smallest_effect:
-        graded.verdict = Verdict.CONTRADICTED
+        return Verdict.REPRODUCED
+    return Verdict.CONTRADICTED if high < spec.smallest_effect else Verdict.INCONCLUSIVE
+
+
+def _row_p_value(spec: ClaimSpec, interval: Interval) -> float:
+    """The p-value of the one test a row can pass, on the two-sided scale of its t interval (p < 0.05
+    exactly when the 95% interval settles it): towards reproduced when the estimate reaches the
+    smallest effect (equivalence: lies inside the margin), against the null; towards contradicted
+    otherwise, against the smallest effect. Holm's correction adjusts these (`family_verdicts`)."""
+    if spec.direction == "equivalent":
+        margin, estimate = spec.smallest_effect, interval.estimate - spec.null
+        if abs(estimate) < margin:  # two one-sided tests: inside both bounds
+            return min(1.0, 2 * max(interval.p_value(spec.null + margin, "less"),
+                                    interval.p_value(spec.null - margin, "greater")))
+        side = "greater" if estimate >= margin else "less"
+        return min(1.0, 2 * interval.p_value(spec.null + math.copysign(margin, estimate), side))
+    sign = DIRECTIONS[spec.direction]
+    if sign * (interval.estimate - spec.null) >= spec.smallest_effect:
+        return interval.p_value(spec.null)
+    threshold = spec.null + sign * spec.smallest_effect
+    return min(1.0, 2 * interval.p_value(threshold, "less" if sign > 0 else "greater"))
+
+
+def _settle(spec: ClaimSpec, interval: Interval, graded: GradedClaim) -> None:
+    """What an inconclusive row would need: the design's detectable effect and the units that would settle it."""
+    graded.mde = minimum_detectable_effect(interval.se, interval.n_units, interval.confidence)
+    if spec.direction == "equivalent":
+        # units at which an interval around this estimate would fit inside (or outside) the margin
+        distance = abs(spec.smallest_effect - abs(interval.estimate - spec.null))
+        graded.units_needed = units_to_settle(interval.se, interval.n_units, spec.smallest_effect - distance,
+                                              spec.smallest_effect, interval.confidence)
     else:
-        graded.verdict = Verdict.INCONCLUSIVE
-        graded.mde = minimum_detectable_effect(interval.se, interval.confidence)
+        effect = DIRECTIONS[spec.direction] * (interval.estimate - spec.null)
         graded.units_needed = units_to_settle(interval.se, interval.n_units, effect, spec.smallest_effect, interval.confidence)
-    return graded
 
 
-def _grade_equivalence(spec: ClaimSpec, interval: Interval, graded: GradedClaim) -> GradedClaim:
-    """Equivalence test (two one-sided tests at the interval's confidence): the interval inside the
-    margin reproduces the claim, entirely outside it contradicts it."""
-    margin = spec.smallest_effect
-    low, high = interval.low - spec.null, interval.high - spec.null
-    if -margin < low and high < margin:
-        graded.verdict = Verdict.REPRODUCED
-    elif low >= margin or high <= -margin:
-        graded.verdict = Verdict.CONTRADICTED
-    else:
-        graded.verdict = Verdict.INCONCLUSIVE
-        graded.mde = minimum_detectable_effect(interval.se, interval.confidence)
-        # units at which an interval around this estimate would fit inside (or outside) the margin:
-        # its half-width must shrink below the estimate's distance to the margin
-        distance = abs(margin - abs(interval.estimate - spec.null))
-        graded.units_needed = units_to_settle(interval.se, interval.n_units, margin - distance, margin,
-                                              interval.confidence)
+def family_verdicts(graded: list, alpha: float = 1 - CONFIDENCE) -> list:
+    """Holm's step-down correction over the primary rows that reached a statistical test: each
+    keeps reproduced/contradicted only if its Holm-adjusted p-value is below `alpha`; the others
+    become inconclusive. Exploratory rows keep their single-row verdict. Idempotent: it starts
+    from each row's own verdict every time."""
+    tested = [g for g in graded if g.primary and g.p_value is not None]
+    order = sorted(tested, key=lambda g: g.p_value)
+    running = 0.0
+    for i, g in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * g.p_value))
+        g.p_holm = running
+    for g in tested:
+        g.verdict = g.single_verdict if g.p_holm < alpha else Verdict.INCONCLUSIVE
+        if g.verdict is Verdict.INCONCLUSIVE and g.mde is None and g.interval is not None:
+            _settle(g.spec, g.interval, g)
     return graded
 
 
@@ -176,7 +319,8 @@ def declared_claims_table(specs: dict):
     return pd.DataFrame({name: spec.declaration() for name, spec in specs.items()}).T
 
 
-TABLE_COLUMNS = ["claim", "task", "paper", "book", "estimate", "interval", "smallest effect", "verdict", "settle"]
+TABLE_COLUMNS = ["claim", "role", "task", "paper", "book", "estimate", "interval", "smallest effect", "clears", "verdict",
+                 "settle"]
 
 
 def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
@@ -184,7 +328,7 @@ def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
     every field (metric, direction, unit, ...)."""
     import pandas as pd
 
-    table = pd.DataFrame([c.row() for c in claims])
+    table = pd.DataFrame([c.row() for c in family_verdicts(list(claims))])
     return table if columns is None else table.reindex(columns=[c for c in columns if c in table.columns])
 
 
@@ -194,7 +338,7 @@ def per_task_table(graded: list):
     import pandas as pd
 
     rows = [{"claim": g.spec.claim, "task": g.task or "(main)", "estimate": g.estimate,
-             "interval": g.row()["interval"], "verdict": g.verdict.value} for g in graded]
+             "interval": g.row()["interval"], "verdict": g.verdict.value} for g in family_verdicts(list(graded))]
     table = pd.DataFrame(rows)
     tasks = list(dict.fromkeys(table["task"]))
     wide = table.pivot(index="claim", columns="task", values=["estimate", "interval", "verdict"])
@@ -207,7 +351,7 @@ def save_results(chapter: str, results: dict, claims: list = ()) -> Path:
     """Write results/<chapter>.json: headline numbers plus one row per claim."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{chapter}.json"
-    payload = {"chapter": chapter, "results": results, "claims": [c.row() for c in claims]}
+    payload = {"chapter": chapter, "results": results, "claims": [c.row() for c in family_verdicts(list(claims))]}
     path.write_text(json.dumps(payload, indent=2, default=_jsonable))
     return path
 

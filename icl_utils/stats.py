@@ -2,14 +2,24 @@
 
 The rule everywhere: resample the unit that was actually drawn at random. Prompts that share one
 set of demonstrations are not independent (they share the context that makes them right or
-wrong), so an interval over such prompts resamples *whole demonstration sets* (clusters), with
-every prompt of a set kept together; an interval over training runs resamples seeds.
+wrong), so an interval over such prompts treats *whole demonstration sets* (clusters) as the
+units; an interval over training runs treats seeds as the units.
 
-* `cluster_bootstrap(statistic, clusters)`: a percentile bootstrap over clusters of rows, for any
-  statistic of the rows (a mean, a paired difference, an AUC, a rank correlation...).
+Every interval is a Student-t interval with G - 1 degrees of freedom on G independent units.
+Measured by simulation (tests/test_stats.py): the percentile bootstrap over clusters covers a
+nominal 95% in only 76% of runs at 3 clusters and 88% at 8; a t interval on the cluster means
+keeps 95% at every G. The standard error comes from the delete-one-unit jackknife, which for a
+mean of equally sized clusters *is* the standard error of the cluster means, and which serves any
+smooth statistic (a ratio, a rank correlation, a statistic of a head selection recomputed without
+each unit):
+
+* `jackknife_interval(estimate, *leave_one_out)`: the interval from leave-one-unit-out replicates
+  of one or more independent samples (e.g. selection sets and evaluation sets), so a statistic that
+  depends on a selection is recomputed with its selection redone.
+* `cluster_jackknife(statistic, clusters)`: any statistic of rows, one cluster left out at a time.
 * `mean_interval`, `paired_difference`: the two statistics most claims need.
 * `difference_from_random(treated, random_draws, clusters)`: a chosen intervention minus random
-  ones (>= 20 draws) on the same rows, resampling rows and draws.
+  ones (>= 20 draws) on the same rows; rows' clusters and random draws are two independent samples.
 * `percentile_of(value, null)`: where a value falls among draws of a null (e.g. random heads).
 * `minimum_detectable_effect`, `units_to_settle`: what a design could have detected, and the number
   of units (demonstration sets, seeds) at which an interval around the current estimate would
@@ -19,7 +29,6 @@ every prompt of a set kept together; an interval over training runs resamples se
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,18 +36,17 @@ import torch
 from scipy import stats as _st
 
 CONFIDENCE = 0.95
-N_RESAMPLES = 2000
 POWER = 0.8
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a bootstrap interval over `n_units` resampled units."""
+    """A point estimate with a Student-t interval over `n_units` independent units (df = n_units - 1)."""
 
     estimate: float
     low: float
     high: float
-    se: float  # bootstrap standard error
+    se: float  # jackknife standard error
     n_units: int
     unit: str
     confidence: float = CONFIDENCE
@@ -46,10 +54,24 @@ class Interval:
     def __str__(self) -> str:
         return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
+    @property
+    def df(self) -> int:
+        return max(1, self.n_units - 1)
+
     def shifted(self, by: float) -> "Interval":
         """The same interval with `by` subtracted (e.g. an accuracy minus chance)."""
         return Interval(self.estimate - by, self.low - by, self.high - by, self.se, self.n_units, self.unit,
                         self.confidence)
+
+    def p_value(self, null: float = 0.0, side: str = "two-sided") -> float:
+        """The t test that matches the interval: two-sided against `null`, or one-sided ("less":
+        the estimate below `null`; "greater": above). A zero standard error gives 0 or 1."""
+        t = (self.estimate - null) / self.se if self.se > 0 else math.copysign(math.inf, self.estimate - null or 1.0)
+        if side == "less":
+            return float(_st.t.cdf(t, self.df))
+        if side == "greater":
+            return float(_st.t.sf(t, self.df))
+        return float(2 * _st.t.sf(abs(t), self.df))
 
 
 def _as_array(x) -> np.ndarray:
@@ -63,16 +85,42 @@ def _check_confidence(confidence) -> None:
         raise ValueError(f"confidence is a fraction between 0 and 1 (0.95 for a 95% interval), not {confidence!r}")
 
 
-def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
-                      seed: int = 0, unit: str = "demonstration set") -> Interval:
-    """Percentile bootstrap of `statistic(rows)` resampling whole clusters of rows.
+def t_quantile(confidence: float, n_units: int) -> float:
+    """The two-sided Student-t multiplier of an interval on `n_units` units (df = n_units - 1)."""
+    return float(_st.t.ppf(1 - (1 - confidence) / 2, max(1, n_units - 1)))
 
-    statistic: a function of an integer array of row indices (rows of one cluster stay together;
-    a cluster drawn twice contributes its rows twice) returning a float.
-    clusters: one label per row (e.g. the demonstration set each prompt was built with). With one
-    row per cluster this is the ordinary bootstrap over rows.
+
+def jackknife_interval(estimate: float, *leave_one_out, unit: str = "demonstration set",
+                       confidence: float = CONFIDENCE) -> Interval:
+    """Student-t interval around `estimate` from delete-one-unit jackknife replicates.
+
+    leave_one_out: for each independent sample of units (e.g. the selection pool's demonstration
+    sets, the evaluation pool's), the statistic recomputed with each unit left out in turn, one
+    value per unit. The variances of independent samples add; the degrees of freedom are those of
+    the smallest sample (n_units = its size), which keeps the interval conservative.
     """
     _check_confidence(confidence)
+    if not leave_one_out:
+        raise ValueError("give the leave-one-out replicates of at least one sample of units")
+    variance, sizes = 0.0, []
+    for replicates in leave_one_out:
+        replicates = _as_array(replicates).ravel()
+        g = len(replicates)
+        if g < 2:
+            raise ValueError(f"An interval needs at least two independent {unit}s; got {g}. "
+                             f"Draw more {unit}s (e.g. more demonstration sets or seeds).")
+        if not np.all(np.isfinite(replicates)):
+            raise ValueError(f"a leave-one-{unit}-out replicate is not finite: the statistic needs every {unit} "
+                             f"(e.g. a class missing without it); draw more {unit}s")
+        variance += (g - 1) / g * float(np.sum((replicates - replicates.mean()) ** 2))
+        sizes.append(g)
+    n_units = min(sizes)
+    se = math.sqrt(variance)
+    half = t_quantile(confidence, n_units) * se
+    return Interval(float(estimate), float(estimate) - half, float(estimate) + half, se, n_units, unit, confidence)
+
+
+def _cluster_members(clusters, unit: str) -> list:
     labels = np.asarray(clusters)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError("clusters must be a non-empty 1-d sequence: one label per row")
@@ -81,39 +129,35 @@ def cluster_bootstrap(statistic, clusters, n_resamples: int = N_RESAMPLES, confi
         raise ValueError(
             f"An interval needs at least two independent {unit}s; got {len(members)}. "
             f"Draw more {unit}s (e.g. more demonstration sets or seeds).")
-
-    def on_clusters(picked):
-        return statistic(np.concatenate([members[int(i)] for i in picked]))
-
-    estimate = float(statistic(np.arange(len(labels))))
-    with warnings.catch_warnings():  # a statistic constant over resamples is a valid (zero-width) answer
-        warnings.simplefilter("ignore", category=getattr(_st, "DegenerateDataWarning", RuntimeWarning))
-        result = _st.bootstrap((np.arange(len(members)),), on_clusters, vectorized=False, n_resamples=n_resamples,
-                               confidence_level=confidence, method="percentile",
-                               rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return Interval(estimate, float(low), float(high), float(result.standard_error), len(members), unit, confidence)
+    return members
 
 
-def interval_from_draws(estimate: float, draws, n_units: int, unit: str, confidence: float = CONFIDENCE) -> Interval:
-    """A percentile interval from bootstrap draws made elsewhere (e.g. a ranking recomputed on
-    resampled demonstration sets, HeadRanking.resampled_importance)."""
-    _check_confidence(confidence)
-    draws = _as_array(draws).ravel()
-    draws = draws[np.isfinite(draws)]
-    if len(draws) < 2:
-        raise ValueError("need at least two finite bootstrap draws")
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return Interval(float(estimate), float(low), float(high), float(draws.std(ddof=1)), n_units, unit, confidence)
+def cluster_jackknife(statistic, clusters, confidence: float = CONFIDENCE, unit: str = "demonstration set") -> Interval:
+    """Student-t interval of `statistic(rows)` over clusters of rows, its standard error from the
+    statistic recomputed with one whole cluster left out at a time.
+
+    statistic: a function of an integer array of row indices returning a float (a ratio of means,
+    a rank correlation, a percentile; anything computed from the rows, a selection included).
+    clusters: one label per row (e.g. the demonstration set each prompt was built with). With one
+    row per cluster the units are the rows.
+    """
+    members = _cluster_members(clusters, unit)
+    everything = np.arange(len(np.asarray(clusters)))
+    replicates = [statistic(np.concatenate([m for j, m in enumerate(members) if j != i])) for i in range(len(members))]
+    return jackknife_interval(float(statistic(everything)), replicates, unit=unit, confidence=confidence)
 
 
-def mean_interval(values, clusters, **kwargs) -> Interval:
-    """Mean of per-row values, resampling clusters (e.g. prompts grouped by demonstration set)."""
+def mean_interval(values, clusters, confidence: float = CONFIDENCE, unit: str = "demonstration set") -> Interval:
+    """Mean of per-row values, its units the clusters (e.g. prompts grouped by demonstration set):
+    with equally sized clusters, exactly the t interval on the cluster means."""
     values = _as_array(values)
     if len(values) != len(clusters):
         raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels")
-    return cluster_bootstrap(lambda rows: values[rows].mean(), clusters, **kwargs)
+    members = _cluster_members(clusters, unit)
+    sums = np.array([values[m].sum() for m in members])
+    counts = np.array([len(m) for m in members], dtype=float)
+    without = (sums.sum() - sums) / (counts.sum() - counts)  # the mean with each cluster left out
+    return jackknife_interval(float(values.mean()), without, unit=unit, confidence=confidence)
 
 
 def paired_difference(treated, control, clusters, **kwargs) -> Interval:
@@ -124,36 +168,30 @@ def paired_difference(treated, control, clusters, **kwargs) -> Interval:
     return mean_interval(treated - control, clusters, **kwargs)
 
 
-def difference_from_random(treated, random_draws, clusters, n_resamples: int = N_RESAMPLES,
-                           confidence: float = CONFIDENCE, seed: int = 0, unit: str = "demonstration set") -> Interval:
+def difference_from_random(treated, random_draws, clusters, confidence: float = CONFIDENCE,
+                           unit: str = "demonstration set") -> Interval:
     """Mean of `treated` (n_rows,) minus the mean of `random_draws` (n_rows, n_draws): a chosen
-    intervention against random ones (e.g. random head sets) on the same rows. Two-way bootstrap:
-    clusters of rows and random draws are resampled independently, so the interval carries both the
-    rows' sampling error and which random sets happened to be drawn."""
+    intervention against random ones (e.g. random head sets) on the same rows. The clusters of rows
+    and the random draws are two independent samples: each is left out one at a time, so the
+    interval carries both the rows' sampling error and which random sets happened to be drawn."""
     treated, random_draws = _as_array(treated), _as_array(random_draws)
     if random_draws.ndim != 2 or random_draws.shape[0] != len(treated):
         raise ValueError(f"random_draws must be (n_rows, n_draws) with n_rows = {len(treated)}; got {random_draws.shape}")
     if random_draws.shape[1] < 2:
         raise ValueError("an interval against random draws needs at least two draws (the book uses >= 20)")
-    labels = np.asarray(clusters)
-    if len(labels) != len(treated):
-        raise ValueError(f"{len(treated)} rows but {len(labels)} cluster labels")
-    _, cluster_of = np.unique(labels, return_inverse=True)
-    n_clusters, n_draws = cluster_of.max() + 1, random_draws.shape[1]
-    if n_clusters < 2:
-        raise ValueError(f"An interval needs at least two independent {unit}s; got {n_clusters}.")
-    rows_in = np.bincount(cluster_of, minlength=n_clusters).astype(float)
-    treated_sum = np.bincount(cluster_of, treated, minlength=n_clusters)
-    random_sum = np.stack([np.bincount(cluster_of, random_draws[:, j], minlength=n_clusters) for j in range(n_draws)], 1)
-    rng = np.random.default_rng(seed)
-    cluster_weight = np.zeros((n_resamples, n_clusters))
-    np.add.at(cluster_weight, (np.arange(n_resamples)[:, None], rng.integers(n_clusters, size=(n_resamples, n_clusters))), 1)
-    draw_weight = np.zeros((n_resamples, n_draws))
-    np.add.at(draw_weight, (np.arange(n_resamples)[:, None], rng.integers(n_draws, size=(n_resamples, n_draws))), 1)
-    rows = cluster_weight @ rows_in
-    draws = (cluster_weight @ treated_sum) / rows - np.einsum("rc,cd,rd->r", cluster_weight, random_sum, draw_weight) / (rows * n_draws)
-    estimate = treated.mean() - random_draws.mean()
-    return interval_from_draws(estimate, draws, int(n_clusters), unit, confidence)
+    if len(clusters) != len(treated):
+        raise ValueError(f"{len(treated)} rows but {len(clusters)} cluster labels")
+    members = _cluster_members(clusters, unit)
+    n_rows, n_draws = random_draws.shape
+    rows_in = np.array([len(m) for m in members], dtype=float)
+    treated_sum = np.array([treated[m].sum() for m in members])
+    random_sum = np.stack([random_draws[m].sum(0) for m in members])  # (clusters, draws)
+    without_cluster = ((treated_sum.sum() - treated_sum) / (n_rows - rows_in)
+                       - (random_sum.sum() - random_sum.sum(1)) / ((n_rows - rows_in) * n_draws))
+    draw_means = random_draws.mean(0)
+    without_draw = treated.mean() - (draw_means.sum() - draw_means) / (n_draws - 1)
+    return jackknife_interval(float(treated.mean() - random_draws.mean()), without_cluster, without_draw,
+                              unit=unit, confidence=confidence)
 
 
 def percentile_of(value: float, null) -> float:
@@ -164,14 +202,12 @@ def percentile_of(value: float, null) -> float:
     return float(_st.percentileofscore(null, value, kind="mean"))
 
 
-def _z(p: float) -> float:
-    return float(_st.norm.ppf(p))
-
-
-def minimum_detectable_effect(se: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
-    """Smallest true effect a design with standard error `se` detects with probability `power`
-    at the given two-sided confidence: (z_{1-alpha/2} + z_power) * se (about 2.8 se)."""
-    return (_z(1 - (1 - confidence) / 2) + _z(power)) * se
+def minimum_detectable_effect(se: float, n_units: int, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """Smallest true effect a design with standard error `se` on `n_units` units detects with
+    probability `power` at the given two-sided confidence: (t_{1-alpha/2} + t_power) * se on
+    n_units - 1 degrees of freedom (about 2.8 se with many units, 3.4 se with 8)."""
+    df = max(1, n_units - 1)
+    return (t_quantile(confidence, n_units) + float(_st.t.ppf(power, df))) * se
 
 
 def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int:
@@ -181,7 +217,7 @@ def units_to_settle(se: float, n_units: int, effect: float, threshold: float, co
     if threshold <= 0:
         raise ValueError("threshold (the smallest effect that counts) must be positive")
     gap = effect if effect >= threshold else threshold - effect
-    half_width = _z(1 - (1 - confidence) / 2) * se
+    half_width = float(_st.norm.ppf(1 - (1 - confidence) / 2)) * se
     return max(n_units + 1, math.ceil(n_units * (half_width / gap) ** 2))
 
 

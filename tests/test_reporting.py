@@ -28,10 +28,10 @@ def interval(estimate, low, high, se=0.05, n=8):
     (0.08, 0.02, 0.21, Verdict.INCONCLUSIVE),  # real, but may or may not reach 0.10
 ])
 def test_grade_follows_the_declared_rule(est, low, high, expected):
-    graded = grade(SPEC, interval(est, low, high), book="x")
+    graded = grade(SPEC, interval(est, low, high), book="x", precondition_met=True)
     assert graded.verdict is expected
     if expected is Verdict.INCONCLUSIVE:
-        assert graded.mde == pytest.approx(2.8016 * 0.05, rel=1e-3)
+        assert graded.mde == pytest.approx((2.3646 + 0.8960) * 0.05, rel=1e-3)  # t quantiles on 7 df
         # an interval of half-width 1.96 se around 0.08 excludes 0.10 from above once se shrinks enough
         assert graded.units_needed == math.ceil(8 * (1.959964 * 0.05 / (0.10 - 0.08)) ** 2)
         assert "would settle it" in graded.row()["settle"]
@@ -41,8 +41,8 @@ def test_grade_follows_the_declared_rule(est, low, high, expected):
 
 def test_a_decrease_claim_mirrors_the_rule():
     spec = ClaimSpec(**{**SPEC.__dict__, "direction": "decrease", "null": 0.5})
-    assert grade(spec, interval(0.2, 0.1, 0.3), "x").verdict is Verdict.REPRODUCED
-    assert grade(spec, interval(0.55, 0.45, 0.65), "x").verdict is Verdict.CONTRADICTED
+    assert grade(spec, interval(0.2, 0.1, 0.3), "x", precondition_met=True).verdict is Verdict.REPRODUCED
+    assert grade(spec, interval(0.55, 0.45, 0.65), "x", precondition_met=True).verdict is Verdict.CONTRADICTED
 
 
 @pytest.mark.parametrize("est, low, high, expected", [
@@ -53,7 +53,7 @@ def test_a_decrease_claim_mirrors_the_rule():
 ])
 def test_an_equivalence_claim_needs_its_interval_inside_the_margin(est, low, high, expected):
     spec = ClaimSpec(**{**SPEC.__dict__, "direction": "equivalent", "smallest_effect": 0.05})
-    graded = grade(spec, interval(est, low, high), "x")
+    graded = grade(spec, interval(est, low, high), "x", precondition_met=True)
     assert graded.verdict is expected
     assert "within ±0.05" in spec.declaration()["paper's direction"]
     if expected is Verdict.INCONCLUSIVE:
@@ -65,11 +65,11 @@ def test_failed_precondition_is_not_testable_even_for_a_large_effect():
     graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", precondition_met=False)
     assert graded.verdict is Verdict.NOT_TESTABLE and "precondition" in graded.reason
     assert graded.estimate == 0.3  # the numbers are kept
-    assert grade(SPEC, None, "x").verdict is Verdict.NOT_TESTABLE
+    assert grade(SPEC, None, "x", precondition_met=True).verdict is Verdict.NOT_TESTABLE
 
 
 def test_differs_needs_a_reason_and_overrides():
-    graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", differs="the model has no rotary positions")
+    graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", precondition_met=True, differs="the model has no rotary positions")
     assert graded.verdict is Verdict.DIFFERS and graded.reason
 
 
@@ -87,8 +87,8 @@ def results_dir(tmp_path, monkeypatch):
 
 
 def test_save_then_load_round_trips(results_dir):
-    claims = [grade(SPEC, interval(0.3, 0.2, 0.4), "1 of 72 heads"),
-              grade(SPEC, interval(0.01, -0.05, 0.07), "AUC 0.53")]
+    claims = [grade(SPEC, interval(0.3, 0.2, 0.4), "1 of 72 heads", precondition_met=True),
+              grade(SPEC, interval(0.01, -0.05, 0.07), "AUC 0.53", precondition_met=True)]
     path = save_results("07_demo", {"model": "tiny", "accuracy": 0.75, "auc": float("nan")}, claims)
     assert path == results_dir / "07_demo.json"
     loaded = load_results("07_demo")
@@ -107,8 +107,8 @@ def test_load_results_of_a_chapter_that_never_ran_says_what_to_do(results_dir):
 
 
 def test_per_task_table_puts_each_task_beside_the_others():
-    graded = [grade(SPEC, interval(0.30, 0.20, 0.40), "a", task="words"),
-              grade(SPEC, interval(0.02, -0.03, 0.07), "b", task="sentences")]
+    graded = [grade(SPEC, interval(0.30, 0.20, 0.40), "a", task="words", precondition_met=True),
+              grade(SPEC, interval(0.02, -0.03, 0.07), "b", task="sentences", precondition_met=True)]
     table = reporting.per_task_table(graded)
     assert list(table.index) == [SPEC.claim]
     assert table.loc[SPEC.claim, ("words", "verdict")] == "reproduced"
@@ -117,7 +117,78 @@ def test_per_task_table_puts_each_task_beside_the_others():
 
 
 def test_an_estimate_at_the_threshold_says_no_affordable_sample_settles_it():
-    graded = grade(SPEC, interval(0.099, -0.04, 0.24, se=0.07, n=20), "at the threshold")
+    graded = grade(SPEC, interval(0.099, -0.04, 0.24, se=0.07, n=20), "at the threshold", precondition_met=True)
     assert graded.verdict is Verdict.INCONCLUSIVE
     assert "no affordable sample" in graded.row()["settle"]
-    assert "would settle it" in grade(SPEC, interval(0.3, -0.01, 0.61, se=0.15, n=8), "far").row()["settle"]
+    assert "would settle it" in grade(SPEC, interval(0.3, -0.01, 0.61, se=0.15, n=8), "far",
+                                      precondition_met=True).row()["settle"]
+
+
+def t_interval(estimate, se, n):
+    """An interval as icl_utils.stats builds it: estimate +- t(0.975, n - 1) se."""
+    from scipy import stats as st
+
+    half = st.t.ppf(0.975, n - 1) * se
+    return Interval(estimate, estimate - half, estimate + half, se, n, "demonstration set")
+
+
+def test_a_declared_precondition_must_be_reported():
+    with pytest.raises(ValueError, match="precondition_met"):
+        grade(SPEC, interval(0.3, 0.2, 0.4), "x")
+    no_precondition = ClaimSpec(**{**SPEC.__dict__, "precondition": ""})
+    assert grade(no_precondition, interval(0.3, 0.2, 0.4), "x").verdict is Verdict.REPRODUCED
+
+
+def test_fewer_than_eight_units_are_inconclusive_whatever_the_interval():
+    graded = grade(SPEC, interval(0.6, 0.5, 0.7, n=7), "x", precondition_met=True)
+    assert graded.verdict is Verdict.INCONCLUSIVE and "n units < 8" in graded.row()["settle"]
+    assert grade(SPEC, interval(0.02, -0.03, 0.07, n=5), "x", precondition_met=True).verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_zero_width_interval_is_refused_unless_the_statistic_is_exact():
+    with pytest.raises(ValueError, match="zero-width interval"):
+        grade(SPEC, interval(0.3, 0.3, 0.3, se=0.0), "x", precondition_met=True)
+    exact = ClaimSpec(**{**SPEC.__dict__, "exact": True})
+    assert grade(exact, interval(0.3, 0.3, 0.3, se=0.0), "x", precondition_met=True).verdict is Verdict.REPRODUCED
+
+
+def test_a_failed_check_makes_the_claim_not_testable_and_says_which():
+    clean = t_interval(0.58, 0.01, 10)  # clean accuracy 0.58: at most 0.08 above chance
+    checks = reporting.design_checks(clean, bound=0.5, smallest_effect=0.10, measure="calibrated accuracy")
+    assert [c.name for c in checks] == ["room to move", "able to detect"]
+    assert not checks[0].met and checks[1].met
+    graded = grade(SPEC, interval(0.3, 0.2, 0.4), "x", precondition_met=True, checks=checks)
+    assert graded.verdict is Verdict.NOT_TESTABLE and "room to move" in graded.reason
+    noisy = reporting.able_to_detect(se=0.05, n_units=8, smallest_effect=0.10, measure="accuracy")
+    assert not noisy.met  # (2.36 + 0.90) x 0.05 = 0.16 > 0.10
+    flat = reporting.moves_at_all({"clean": [1.0, 1.0], "top": [1.0, 1.0], "random": [1.0, 1.0]}, "MRR")
+    assert not flat.met and "single value 1.000" in flat.detail
+    assert reporting.moves_at_all({"clean": [1.0, 1.0], "top": [1.0, 0.5]}, "MRR").met
+
+
+def test_primary_rows_are_holm_corrected_and_exploratory_rows_are_not():
+    primary = ClaimSpec(**{**SPEC.__dict__, "precondition": "", "primary": True})
+    # two rows at two-sided p = 0.03 each: each reproduced alone, but Holm multiplies the smaller by 2
+    from scipy import stats as st
+
+    se = 0.3 / st.t.isf(0.015, 9)  # estimate 0.3 with two-sided p = 0.03 on 10 units
+    borderline = grade(primary, t_interval(0.3, se, 10), "borderline")
+    second = grade(primary, t_interval(0.3, se, 10), "second")
+    assert borderline.verdict is Verdict.REPRODUCED and borderline.p_value == pytest.approx(0.03)
+    table = reporting.claims_table([borderline, second], columns=None)
+    assert list(table.verdict) == ["inconclusive", "inconclusive"]
+    assert borderline.p_holm == pytest.approx(0.06) and "alone: reproduced" in table.settle[0]
+    strong = grade(primary, t_interval(0.5, 0.05, 10), "strong")  # p ~ 1e-6: with it, the last row keeps p = 0.03
+    assert list(reporting.claims_table([borderline, strong], columns=None).verdict) == ["reproduced", "reproduced"]
+    assert list(table.role) == ["primary", "primary"]
+    alone = grade(ClaimSpec(**{**primary.__dict__, "primary": False}), t_interval(0.3, se, 10), "exploratory")
+    assert reporting.claims_table([alone, strong], columns=None).verdict[0] == "reproduced"
+    assert grade(primary, t_interval(0.3, se, 10), "other task", exploratory=True).primary is False
+
+
+def test_clears_tells_a_strong_result_from_a_borderline_one():
+    assert grade(SPEC, interval(0.30, 0.20, 0.40), "x", precondition_met=True).row()["clears"] == "yes"
+    assert grade(SPEC, interval(0.15, 0.05, 0.25), "x", precondition_met=True).row()["clears"] == "no"
+    post = ClaimSpec(**{**SPEC.__dict__, "post_hoc": True})
+    assert grade(post, interval(0.3, 0.2, 0.4), "x", precondition_met=True).row()["post hoc"] is True
+    assert "post hoc" in post.declaration()["role"]
