@@ -249,7 +249,7 @@ for task_name in all_tasks:
         s = evaluated[task_name, labels, k]
         scores[task_name, name, k] = s
         correct = s.correct("prior").numpy()
-        ci = mean_interval(correct, s.demo_set, seed=SEED) if len(np.unique(s.demo_set)) > 1 else None
+        ci = mean_interval(correct, s.demo_set) if len(np.unique(s.demo_set)) > 1 else None
         rows.append({"task": task_name, "kind": kind_of.get(task_name, "control"), "labels": name, "k": k,
                      "raw accuracy": s.accuracy(), "calibrated accuracy": s.accuracy("prior"), "AUC": s.auc(),
                      "low": ci.low if ci else np.nan, "high": ci.high if ci else np.nan})
@@ -303,7 +303,7 @@ def pooled(task_names, labels_list, k, metric="prior"):
 def interval_or_none(values, clusters):
     if values is None or len(np.unique(clusters)) < 2:
         return None
-    return mean_interval(values, clusters, seed=SEED)
+    return mean_interval(values, clusters)
 
 
 def learnable(task_names):
@@ -337,7 +337,7 @@ same_queries = all(
     == [p.query for p in iu.evaluation.design_prompts(iu.load_task(t), N_GROUPS, QUERIES_PER_GROUP, 0, seed=SEED)[0]]
     for t in every_task)
 assert same_queries, "k=0 and k=k_max prompts must ask the same queries for a paired difference"
-diff_ci = paired_difference(with_demos, without, clusters, seed=SEED) if with_demos is not None and len(np.unique(clusters)) > 1 else None
+diff_ci = paired_difference(with_demos, without, clusters) if with_demos is not None and len(np.unique(clusters)) > 1 else None
 graded.append(grade(claim_specs["needs demonstrations"], diff_ci,
                     f"{MODEL}: calibrated accuracy k={k_max} minus k=0: {diff_ci}", precondition_met=ok_all))
 

@@ -122,7 +122,7 @@ from icl_utils.evaluation import next_token_logits
 from icl_utils.heads import top_heads
 from icl_utils.prompts import pad_right
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, per_task_table, save_results
-from icl_utils.stats import cluster_bootstrap, mean_interval, paired_difference, pearson, spearman
+from icl_utils.stats import cluster_jackknife, mean_interval, paired_difference, pearson, spearman
 
 sns.set_theme(style="whitegrid", context="notebook")
 torch.set_grad_enabled(False)  # nothing is trained; the screen takes its one gradient inside log_prob_gradient
@@ -172,7 +172,7 @@ task = iu.load_task(ICL_TASK)
 icl_prompts, icl_calibration = iu.design_prompts(task, ICL_GROUPS, ICL_QUERIES_PER_GROUP, DEMOS_PER_CLASS, pool="evaluation", seed=SEED)
 icl_scores = iu.score_calibrated(info, icl_prompts, icl_calibration, share_prefix=True, progress=False)
 LEARNS = "the clean model learns the task: calibrated accuracy's interval (evaluation pool) lies above 0.5"
-learns = mean_interval(icl_scores.correct("prior").float().numpy(), icl_scores.demo_set, seed=SEED)
+learns = mean_interval(icl_scores.correct("prior").float().numpy(), icl_scores.demo_set)
 print(f"in-context prompts: calibrated accuracy {learns} (raw {icl_scores.accuracy():.2f}): "
       f"the precondition {'holds' if learns.low > 0.5 else 'fails'}")
 icl_batch = iu.encode_prompts(info, icl_prompts)
@@ -952,7 +952,7 @@ for kind, label in KINDS.items():
     specs = specs_for(kind)
     units = extra[extra.kind == kind].set_index("prompt").unit.sort_index().values
     ok = len(kept_facts) >= 100 if kind == "facts" else learns.low > 0.5
-    kw = dict(seed=SEED)
+    kw = {}
     top10 = per_prompt(kind, "neurons", "log-prob increase", K_SMALL)
     estimates = {"1. top neurons vs random": paired_difference(top10.values, random_matrix(kind, "neurons", K_SMALL).mean(1),
                                                                 units, **kw)}
@@ -966,7 +966,7 @@ for kind, label in KINDS.items():
         estimates[f"1p. log-prob vs {other}"] = paired_difference(p_top.values, per_prompt(kind, "neurons", other, K_SMALL, "p").values,
                                                                  units, **kw)
     rr_clean, rr_300 = clean(kind).values, per_prompt(kind, "neurons", "log-prob increase", K_LARGE).values
-    estimates["2. top neurons remove most"] = cluster_bootstrap(lambda r: 1 - rr_300[r].mean() / rr_clean[r].mean(), units, **kw)
+    estimates["2. top neurons remove most"] = cluster_jackknife(lambda r: 1 - rr_300[r].mean() / rr_clean[r].mean(), units, **kw)
     estimates["2. random neurons do little"] = paired_difference(rr_clean, random_matrix(kind, "neurons", K_LARGE).mean(1),
                                                                  units, **kw)
     act_clean = clean(kind, "value act").values

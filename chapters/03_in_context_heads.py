@@ -90,7 +90,7 @@ from icl_utils.attribution import head_direct_effects
 from icl_utils.evaluation import batches
 from icl_utils.heads import rank_heads, save_in_context_heads, top_heads
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, save_results
-from icl_utils.stats import cluster_bootstrap, interval_from_draws, mean_interval, percentile_of, spearman
+from icl_utils.stats import cluster_jackknife, interval_from_draws, mean_interval, percentile_of, spearman
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
@@ -415,7 +415,7 @@ plt.show()
 # the selection pool's, for the ranking's own properties); `grade` applies the declared rule.
 
 # %%
-learns = mean_interval(clean_correct, clusters, seed=SEED)
+learns = mean_interval(clean_correct, clusters)
 learns_ok = learns.low > 0.5
 print(f"precondition: clean calibrated accuracy {learns} -> {'holds' if learns_ok else 'fails'}; "
       f"raw accuracy {clean.accuracy():.3f}, AUC {clean.auc():.3f}")
@@ -429,7 +429,7 @@ else:
     top_key, random_keys = ("top by S", n_small), [k for k in ablated if k[0] == "random" and k[1] == n_small]
 top_drop = drop(ablated[top_key])
 random_drops = np.stack([drop(ablated[k]) for k in random_keys])
-beyond_random = cluster_bootstrap(lambda r: top_drop[r].mean() - random_drops[:, r].mean(), clusters, seed=SEED)
+beyond_random = cluster_jackknife(lambda r: top_drop[r].mean() - random_drops[:, r].mean(), clusters)
 top_s = ablated[top_key]
 graded.append(grade(claim_specs["~1% of heads"], beyond_random,
                     f"{MODEL}, {TASK}: {n_small} of {info.n_total_heads} heads ({n_small / info.n_total_heads:.1%}): calibrated "
@@ -447,7 +447,7 @@ def top_head_percentile(r):
     return percentile_of(falls[top_index], falls)
 
 
-percentile = cluster_bootstrap(top_head_percentile, clusters, seed=SEED)
+percentile = cluster_jackknife(top_head_percentile, clusters)
 graded.append(grade(claim_specs["top head vs every head"], percentile,
                     f"top head {in_context_heads[0]}: percentile {percentile} among {len(all_heads)} single heads",
                     precondition_met=learns_ok))
@@ -458,7 +458,7 @@ swap_shift = foo_minus_bar(swap_foo) - foo_minus_bar(swap_clean)
 for claim_name, values, who, where in [("foo heads", shift[foo_word], foo_heads, "original"),
                                        ("bar heads", shift[bar_word], bar_heads, "original"),
                                        ("foo heads, labels swapped", swap_shift, foo_heads, "swapped")]:
-    ci = mean_interval(values, clusters if where == "original" else swap_clean.demo_set, seed=SEED)
+    ci = mean_interval(values, clusters if where == "original" else swap_clean.demo_set)
     graded.append(grade(claim_specs[claim_name], ci, f"zeroing {who} ({where} labels): logit({foo_word}) - logit({bar_word}) moves {ci}",
                         precondition_met=learns_ok))
 
@@ -468,9 +468,9 @@ graded.append(grade(claim_specs["deep layers"], depth_ci, f"top {n_top} heads: m
                     precondition_met=learns_ok))
 
 # S (selection) against the fall of log p(gold) when each head is zeroed alone (evaluation)
-rank_rho = cluster_bootstrap(lambda r: spearman(S_flat, logp_fall[:, r].mean(1)), clusters, seed=SEED)
+rank_rho = cluster_jackknife(lambda r: spearman(S_flat, logp_fall[:, r].mean(1)), clusters)
 margin_rho = spearman(S_flat, margin_fall.mean(1))
-direct_rho = cluster_bootstrap(lambda r: spearman(S_flat, direct_fall[:, r].mean(1)), clusters, seed=SEED)
+direct_rho = cluster_jackknife(lambda r: spearman(S_flat, direct_fall[:, r].mean(1)), clusters)
 graded.append(grade(claim_specs["ranking vs zeroing"], rank_rho,
                     f"Spearman {rank_rho} over {info.n_total_heads} heads (with the margin's fall: {margin_rho:+.2f}; with the "
                     f"direct effect, nothing downstream recomputed: {direct_rho}); top-{n_top} "

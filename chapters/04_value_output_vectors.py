@@ -114,7 +114,7 @@ from icl_utils.heads import find_in_context_heads, top_heads
 from icl_utils.prompts import demo_set_ids
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, grade, per_task_table,
                                  save_results)
-from icl_utils.stats import cluster_bootstrap, mean_interval, nearest_matches
+from icl_utils.stats import cluster_jackknife, mean_interval, nearest_matches
 from icl_utils.vocab import label_log_odds, top_tokens, value_output_log_odds
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -381,7 +381,7 @@ for column, weighted in (("with attention", "w"), ("no attention weight", "u")):
         for where, key in ((foo_word, "foo"), (bar_word, "bar")):
             values = main[f"{key}_{weighted}"]
             per_prompt = random_mean(values, head_groups) if group == "random" else mean_over(values, head_groups[group])
-            ci = mean_interval(per_prompt, main["demo_set"], seed=SEED)
+            ci = mean_interval(per_prompt, main["demo_set"])
             rows.append({"measure": column, "group": group, "positions": f"'{where}' positions",
                          "M": ci.estimate, "low": ci.low, "high": ci.high})
 by_group = pd.DataFrame(rows)
@@ -500,13 +500,13 @@ for name in OTHER_TASKS:
 
 # %%
 def learns(scores):
-    ci = scores.accuracy_interval("prior", seed=SEED)
+    ci = scores.accuracy_interval("prior")
     return ci, ci.low > 0.5
 
 
 def beyond_random(data, groups, key):
     top, random_sets = mean_over(data[key], groups["in-context (top S)"]), random_mean(data[key], groups)  # per prompt
-    return cluster_bootstrap(lambda r: top[r].mean() - random_sets[r].mean(), data["demo_set"], seed=SEED)
+    return cluster_jackknife(lambda r: top[r].mean() - random_sets[r].mean(), data["demo_set"])
 
 
 def grade_task(name, data, groups, scores, swapped_data=None, swapped_scores=None):
@@ -527,7 +527,7 @@ def grade_task(name, data, groups, scores, swapped_data=None, swapped_scores=Non
         graded.append(grade(claim_specs["labels swapped"], swapped_signed,
                             f"{name}, labels swapped: label-signed M (by word) beyond random {swapped_signed}; clean accuracy {s_acc}",
                             precondition_met=s_ok, task=name))
-    wins = mean_interval(data["wins"], data["demo_set"], seed=SEED)
+    wins = mean_interval(data["wins"], data["demo_set"])
     graded.append(grade(claim_specs["near zero elsewhere"], wins,
                         f"{name}: label positions win {wins} of matched pairs (mean attention {data['label_attn'].mean():.4f} "
                         f"vs {data['matched_attn'].mean():.4f} at the matches; |M| without alpha {data['label_abs'].mean():.3f} vs "

@@ -108,7 +108,7 @@ from icl_utils.prompts import demo_set_ids, render_prompt
 from icl_utils.qk import attention_logits, capture_rotary, last_hidden_with_queries, unrotate
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, grade, per_task_table,
                                  save_results)
-from icl_utils.stats import auc, cluster_bootstrap, grouped_auc, mean_interval, spearman
+from icl_utils.stats import auc, cluster_jackknife, grouped_auc, mean_interval, spearman
 from icl_utils.vocab import value_output_log_odds
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -646,14 +646,14 @@ for name in OTHER_TASKS:
 
 # %%
 def learns(scores):
-    ci = scores.accuracy_interval("prior", seed=SEED)
+    ci = scores.accuracy_interval("prior")
     return ci, ci.low > 0.5
 
 
 (acc, ok), (swap_acc, swap_ok) = learns(clean), learns(swap_clean)
 graded = []
 across = split[split["across sets"]]
-share = mean_interval(across["attention share"].to_numpy(), across.set.to_numpy(), seed=SEED)
+share = mean_interval(across["attention share"].to_numpy(), across.set.to_numpy())
 within = split[~split["across sets"]]
 graded.append(grade(claim_specs["attention moves the prediction"], share,
                     f"{MODEL}, {TASK}, top heads {top}: attention carries {share} of the change across sets "
@@ -667,40 +667,40 @@ for claim, frame, group, where, met, source in [
         ("foo heads, labels swapped", swap_shift, f"{foo_word} heads", foo_word, swap_ok, "swapped")]:
     statistic, sets = relative_change(frame, group, where)
     enough = len(set(frame.predicted)) == 2
-    ci = cluster_bootstrap(statistic, sets, seed=SEED) if enough else None
+    ci = cluster_jackknife(statistic, sets) if enough else None
     graded.append(grade(claim_specs[claim], ci,
                         f"{source} labels, {head_groups[group]}: attention at '{where}' positions changes {ci} "
                         f"(relative, predicted {bar_word} vs {foo_word})" if enough else
                         f"{source} labels: the model predicts only one word, so no shift can be measured",
                         precondition_met=met and enough, task=TASK,
                         reason="" if enough else "the model predicts a single label word on these prompts"))
-auc_ci = mean_interval(prompt_auc, demo_sets, seed=SEED)
+auc_ci = mean_interval(prompt_auc, demo_sets)
 graded.append(grade(claim_specs["two towers"], auc_ci,
                     f"top heads {top}: mean within-prompt AUC {auc_ci} over {len(prompts)} distinct queries; permutation "
                     f"null {null_auc.mean():.3f} (95% of draws below {np.percentile(null_auc, 97.5):.3f})",
                     precondition_met=ok, task=TASK))
-rho_ci = mean_interval(np.nan_to_num(prompt_rho), demo_sets, seed=SEED)
+rho_ci = mean_interval(np.nan_to_num(prompt_rho), demo_sets)
 graded.append(grade(claim_specs["graded similarity"], rho_ci, f"top heads: within-class Spearman {rho_ci}",
                     precondition_met=ok, task=TASK))
-follow = mean_interval(rise["cross"] - rise["same-class"], demo_sets, seed=SEED)
+follow = mean_interval(rise["cross"] - rise["same-class"], demo_sets)
 graded.append(grade(claim_specs["attention follows the input"], follow,
                     f"rise at the receiving slot: cross {rise['cross'].mean():+.4f}, same-class {rise['same-class'].mean():+.4f}, "
                     f"random pair {rise['random pair'].mean():+.4f}; cross minus same-class {follow}",
                     precondition_met=ok, task=TASK))
-margin = mean_interval(margin_change["cross"] - margin_change["same-class"], demo_sets, seed=SEED)
+margin = mean_interval(margin_change["cross"] - margin_change["same-class"], demo_sets)
 graded.append(grade(claim_specs["prediction follows the input"], margin,
                     f"gold margin change: cross {margin_change['cross'].mean():+.3f}, same-class "
                     f"{margin_change['same-class'].mean():+.3f}, random pair {margin_change['random pair'].mean():+.3f}; "
                     f"difference {margin}", precondition_met=ok, task=TASK))
 measurable = len(set(pair_sets)) > 1  # pairs need prompts of both classes ending at the same position
-query = mean_interval(q_cross - q_same, pair_sets, seed=SEED) if measurable else None
+query = mean_interval(q_cross - q_same, pair_sets) if measurable else None
 graded.append(grade(claim_specs["prediction follows the query"], query,
                     f"{len(cross)} prompts: shift towards the donor's label {q_cross.mean():+.3f} (cross) vs {q_same.mean():+.3f} "
                     f"(same class); difference {query}" if measurable else "too few prompt pairs at the same position",
                     precondition_met=ok, task=TASK, reason="" if measurable else "fewer than two demonstration sets have pairs"))
 for name, o in others.items():
     o_acc, o_ok = learns(o["clean"])
-    o_ci = mean_interval(o["auc"], o["sets"], seed=SEED)
+    o_ci = mean_interval(o["auc"], o["sets"])
     graded.append(grade(claim_specs["two towers"], o_ci, f"{name}, top heads {o['top']}: mean within-prompt AUC {o_ci}; "
                         f"clean accuracy {o_acc}", precondition_met=o_ok, task=name))
 claims_table(graded)

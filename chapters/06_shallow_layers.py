@@ -127,7 +127,7 @@ from icl_utils.knockout import (blocking_mask, label_demo_pairs, last_position_r
                                 shared_prefix_runs)
 from icl_utils.prompts import demo_set_ids, input_positions
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, per_task_table, save_results
-from icl_utils.stats import cluster_bootstrap, mean_interval
+from icl_utils.stats import cluster_jackknife, mean_interval
 from icl_utils.vocab import top_tokens
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -323,7 +323,7 @@ t0 = time.time()
 main = knockout_runs(task, N_GROUPS, QUERIES_PER_GROUP, starts, starts, [first, last])
 main_seconds = time.time() - t0
 n = len(main.clean.gold)
-learns = main.clean.accuracy_interval("prior", seed=SEED)
+learns = main.clean.accuracy_interval("prior")
 print(f"{TASK}: {n} prompts in {N_GROUPS} demonstration sets, {len(main.runs)} knock-out settings in {main_seconds:.0f} s; "
       f"clean calibrated accuracy {learns}, raw {main.clean.accuracy():.3f}, gold margin {main.clean.gold_logit_margin():+.3f}")
 
@@ -334,7 +334,7 @@ def window_table(result: KnockOut) -> pd.DataFrame:
     for (path, variant, control, s), scores in result.runs.items():
         if control:
             continue
-        effect = mean_interval(result.beyond_control(path, variant, s), result.sets, seed=SEED)
+        effect = mean_interval(result.beyond_control(path, variant, s), result.sets)
         ctrl = result.runs[path, variant, True, s]
         rows.append({"path": f"{path.split(' → ')[0]} {variant} → {path.split(' → ')[1]}", "window": s,
                      "layers": f"{s}-{s + k_window - 1}",
@@ -523,7 +523,7 @@ print(f"{len(OTHER_TASKS)} sentence tasks, {OTHER_GROUPS * OTHER_QUERIES} prompt
 
 # %%
 def grade_knockouts(result: KnockOut, names) -> list:
-    ok = result.clean.accuracy_interval("prior", seed=SEED)
+    ok = result.clean.accuracy_interval("prior")
     out = []
     for name in names:
         path_label, contrast = name.split(": ")
@@ -536,7 +536,7 @@ def grade_knockouts(result: KnockOut, names) -> list:
         else:
             values = shallow - result.beyond_control(path, variant, last)
             detail = f"layers {first}-{first + k_window - 1} minus layers {last}-{last + k_window - 1}"
-        ci = mean_interval(values, result.sets, seed=SEED)
+        ci = mean_interval(values, result.sets)
         knocked = result.runs[path, variant, False, first]
         out.append(grade(claim_specs[name], ci,
                          f"{MODEL}, {result.task}, {len(values)} prompts in {len(set(result.sets))} sets, {detail}: {ci} logits; "
@@ -568,7 +568,7 @@ for name, where, token, control in [("label view vs other demonstration", "label
                                     ("label view vs other position", "label position", own, "its input, at a random other position"),
                                     ("last view", "last position", "the query's input", "a demonstration's input")]:
     won, sets, med_a, med_b = wins(where, token, control)
-    ci = cluster_bootstrap(lambda r: won[r].mean(), sets, seed=SEED)
+    ci = cluster_jackknife(lambda r: won[r].mean(), sets)
     graded.append(grade(claim_specs[name], ci,
                         f"{MODEL}, {TASK}, attention outputs of layers 0-{k_window - 1}, {len(won)} comparisons in "
                         f"{len(set(sets))} sets: the token ranks higher in {ci} of them (median rank {med_a:.0f} vs {med_b:.0f} "

@@ -498,13 +498,13 @@ def majority_experiment(task_, ranking_, random_sets_, n_seeds, n_queries, seed0
 
 
 per_seed, balanced_correct, balanced_clusters, imb_scores = majority_experiment(task, ranking, random_sets, N_SEEDS, N_QUERIES, SEED + 10)
-learns = mean_interval(balanced_correct, balanced_clusters, seed=SEED, unit=SEEDS)
+learns = mean_interval(balanced_correct, balanced_clusters, unit=SEEDS)
 print(f"calibrated accuracy on the balanced prompts: {learns} ({len(balanced_correct)} prompts, {N_SEEDS} seeds)")
 
 
 def shift_interval(values, seed=SEED):
     values = np.asarray(values, float)
-    return mean_interval(values, np.arange(len(values)), seed=seed, n_resamples=N_BOOTSTRAP, unit=SEEDS)
+    return mean_interval(values, np.arange(len(values)), unit=SEEDS)
 
 
 def fix_summary(per_seed, imb_scores):
@@ -683,7 +683,7 @@ other_heads = other_ranking.top(N_HEADS)
 other_random = random_head_sets(other_heads, N_RANDOM, SEED + 1)
 other_seed, other_correct, other_clusters, other_scores = majority_experiment(
     other_task, other_ranking, other_random, N_OTHER_SEEDS, N_OTHER_QUERIES, SEED + 10)
-other_learns = mean_interval(other_correct, other_clusters, seed=SEED, unit=SEEDS)
+other_learns = mean_interval(other_correct, other_clusters, unit=SEEDS)
 print(f"{OTHER_TASK}: in-context heads {other_heads}; calibrated accuracy on balanced prompts {other_learns}")
 fix_summary(other_seed, other_scores).round(3)
 
@@ -728,7 +728,7 @@ graded.append(grade(claim_specs["fix, labels swapped"], swap_fall,
 if rotary:
     for key, col in [("recency fix", "margin spread"), ("attention spread", "attention spread")]:
         ratio = np.log(base[col].to_numpy()) - np.log(recency_df[recency_df.condition == "fix: in-context heads"].set_index("set")[col].to_numpy())
-        ci = mean_interval(ratio, np.arange(len(ratio)), seed=SEED, n_resamples=N_BOOTSTRAP, unit="demonstration set")
+        ci = mean_interval(ratio, np.arange(len(ratio)), unit="demonstration set")
         rnd = recency_table.loc["random heads", f"log ratio, {col}"]
         book = (f"{N_DEMO_SETS} sets x {N_ORDERS} orders x {N_ORDER_QUERIES} queries: {col} "
                 f"{base[col].mean():.3f} -> {recency_table.loc['fix: in-context heads', col]:.3f}, log ratio {ci} "

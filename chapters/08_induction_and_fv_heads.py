@@ -116,7 +116,7 @@ from icl_utils import function_vectors as fv
 from icl_utils import induction as ind
 from icl_utils.heads import find_in_context_heads, top_heads
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, per_task_table, save_results
-from icl_utils.stats import cluster_bootstrap, difference_from_random, mean_interval, paired_difference, spearman
+from icl_utils.stats import cluster_jackknife, difference_from_random, mean_interval, paired_difference, spearman
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
@@ -387,9 +387,9 @@ graded, overlap_rows = [], []
 for m, info in infos.items():
     k = len(tops[m]["FV"])
     mean_fv = lambda rows, m=m: attribution[m][rows].mean(0)  # noqa: E731
-    share = cluster_bootstrap(lambda rows, m=m, k=k: overlap_share(mean_fv(rows), induction[m], k),
+    share = cluster_jackknife(lambda rows, m=m, k=k: overlap_share(mean_fv(rows), induction[m], k),
                               np.arange(len(attribution[m])), unit="patched prompt", n_resamples=500)
-    gap = cluster_bootstrap(lambda rows, m=m, k=k: depth_gap(mean_fv(rows), induction[m], k, info.n_layers),
+    gap = cluster_jackknife(lambda rows, m=m, k=k: depth_gap(mean_fv(rows), induction[m], k, info.n_layers),
                             np.arange(len(attribution[m])), unit="patched prompt", n_resamples=500)
     graded.append(grade(claim_specs["distinct"], share, f"{m}: top {k} of {info.n_total_heads}: {share.estimate * k:.0f} shared "
                         f"(random sets: {k * k / info.n_total_heads:.1f}); Spearman of the scores "
@@ -496,7 +496,7 @@ for m in MODELS:
         for n in sorted({n for name_, n, _ in conditions_of[m] if name_ == name}):
             draws = [column(m, name, n, d) for d in range(N_RANDOM if name == "random" else 1)]
             per_prompt = ablation[m][:, draws].mean(1)
-            interval = mean_interval(per_prompt, prompts_unit, unit="evaluation prompt", n_resamples=1000)
+            interval = mean_interval(per_prompt, prompts_unit, unit="evaluation prompt")
             set_means = ablation[m][:, draws].mean(0)
             curve_table.append({"model": m, "heads": name, "n": n, "% of heads": round(100 * n / infos[m].n_total_heads, 1),
                                 "accuracy": interval.estimate, "95% interval": f"[{interval.low:.2f}, {interval.high:.2f}]",
@@ -645,7 +645,7 @@ for m, info in infos.items():
     graded.append(grade(claim_specs["function vector"], by_task,
                         f"{m}: layer {zs['layer']}; zero-shot {zs['none'].mean():.2f}, with the function vector "
                         f"{zs['function vector'].mean():.2f}, random-head vectors {zs['random'].mean():.2f}", task=m))
-    agreement = cluster_bootstrap(lambda rows, m=m: spearman(exact[m][rows].mean(0), attribution[m][check_rows[m][rows]].mean(0)),
+    agreement = cluster_jackknife(lambda rows, m=m: spearman(exact[m][rows].mean(0), attribution[m][check_rows[m][rows]].mean(0)),
                                   np.arange(len(check_rows[m])), unit="patched prompt", n_resamples=500)
     graded.append(grade(claim_specs["attribution"], agreement, f"{m}: {len(check_rows[m])} prompts patched both ways; top-"
                         f"{len(tops[m]['FV'])} overlap {len(set(top_heads(exact[m].mean(0), len(tops[m]['FV']))) & set(top_heads(attribution[m][check_rows[m]].mean(0), len(tops[m]['FV']))))}",

@@ -114,7 +114,7 @@ from icl_utils import induction as ind
 from icl_utils import training as tr
 from icl_utils.heads import top_heads
 from icl_utils.reporting import ClaimSpec, claims_table, declared_claims_table, grade, save_results
-from icl_utils.stats import cluster_bootstrap, mean_interval
+from icl_utils.stats import cluster_jackknife, mean_interval
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
@@ -371,7 +371,7 @@ if len(runs) > 1:
 else:  # one run (a Pythia model): heads are the only units there are
     earlier, top = earlier_induction(runs[0]).flatten().numpy(), top_heads(scores[runs[0]][-1].fv, k)
     is_top = np.array([h in top for h in example.all_heads])
-    history_interval = cluster_bootstrap(lambda rows: earlier[rows][is_top[rows]].mean() - earlier[rows][~is_top[rows]].mean()
+    history_interval = cluster_jackknife(lambda rows: earlier[rows][is_top[rows]].mean() - earlier[rows][~is_top[rows]].mean()
                                          if is_top[rows].any() and (~is_top[rows]).any() else 0.0,
                                          np.arange(len(is_top)), unit="head")
     unit_note = "one run: the interval resamples heads"

@@ -117,13 +117,13 @@ class ICLScores:
         """Per prompt: 1.0 where the (calibrated) prediction is the gold class."""
         return (self.predictions(calibration, reference) == self.gold).float()
 
-    def accuracy_interval(self, calibration: str | None = "prior", reference=None, seed: int = 0) -> Interval:
-        """Accuracy with a 95% interval that resamples whole demonstration sets (the book's
+    def accuracy_interval(self, calibration: str | None = "prior", reference=None) -> Interval:
+        """Accuracy with a 95% t interval over whole demonstration sets (the book's
         precondition "the clean model learns the task" is this interval's low end above chance)."""
         if self.demo_set is None:
             raise ValueError("these scores carry no demonstration sets to resample (score prompts built by "
                              "build_prompt_groups or design_prompts)")
-        return mean_interval(self.correct(calibration, reference).numpy(), self.demo_set, seed=seed)
+        return mean_interval(self.correct(calibration, reference).numpy(), self.demo_set)
 
     def gold_log_probs(self) -> torch.Tensor:
         """Per prompt: log p(gold label word), the softmax taken over the whole vocabulary."""

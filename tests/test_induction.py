@@ -153,7 +153,7 @@ def test_ablated_token_losses_resume_above_the_clean_layers_with_the_same_number
     for name, heads in head_sets.items():
         ablate = (lambda heads=heads: ablate_heads(info, heads, mode="mean", means=means)) if heads else None
         expected = induction.token_loss_differences(info, seqs, range(2, 6), range(15, 20), intervention=ablate, batch_size=2)
-        torch.testing.assert_close(got[name], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got[name], expected, atol=1e-5, rtol=0)
     assert not torch.allclose(got["none"], got["layer 1"])  # the ablation did something
 
 

@@ -167,7 +167,7 @@ def test_trace_logits_match_plain_and_sdpa_models(bundle, batch):
     assert bundle.ref.config._attn_implementation == "sdpa"
     assert trace.logits.shape == plain.shape == (*batch.input_ids.shape, info.vocab_size)
     mask = batch.attention_mask.bool()
-    torch.testing.assert_close(trace.logits[mask], plain[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(trace.logits[mask], plain[mask], atol=5e-5, rtol=0)
     torch.testing.assert_close(trace.logits[mask], sdpa[mask], atol=1e-4, rtol=0)
     assert trace.logits.std() > 0.1  # not a degenerate model
 
