@@ -30,7 +30,8 @@ marked `post_hoc=True`. The column "clears" says whether the *whole* interval is
 effect, so a strong result and a borderline one do not look alike.
 
 `grade` refuses a zero-width interval from more than one unit unless the spec declares the
-statistic exact: such an interval comes from a resampling that holds a selection fixed.
+statistic exact: such an interval comes from a resampling that holds a selection fixed. (A row
+already not testable, by its precondition or a failed check, is reported as such first.)
 
 No chapter writes a verdict by hand. (A results file written by an older version of a chapter may
 still hold hand-written verdicts; the reproduction table shows such rows as "not graded".)
@@ -217,11 +218,6 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     if spec.precondition and precondition_met is None:
         raise ValueError(f"the claim {spec.claim!r} declares a precondition ({spec.precondition}); say whether it held "
                          f"in this run: grade(..., precondition_met=<bool>)")
-    if (interval is not None and interval.n_units > 1 and interval.high == interval.low and not spec.exact):
-        raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
-                         f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
-                         f"selection redone without each unit (stats.jackknife_interval), show it as a description "
-                         f"instead, or declare the statistic exact (ClaimSpec(exact=True))")
     met = True if precondition_met is None else bool(precondition_met)
     graded = GradedClaim(spec, Verdict.NOT_TESTABLE, book, precondition_met=met, task=task,
                          primary=spec.primary and not exploratory, interval=interval, checks=list(checks))
@@ -234,6 +230,12 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     elif not met or interval is None or failed:
         graded.reason = reason or "; ".join([f"precondition fails: {spec.precondition}"] * (not met)
                                             + [str(c) for c in failed]) or "could not be measured"
+    elif interval.n_units > 1 and interval.high == interval.low and not spec.exact:
+        raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
+                         f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
+                         f"selection redone without each unit (stats.jackknife_interval), show it as a description "
+                         f"instead, or declare the statistic exact (ClaimSpec(exact=True)). (A measure that cannot move "
+                         f"is not testable: pass checks=[reporting.moves_at_all(...)].)")
     elif interval.n_units < MIN_UNITS:
         graded.verdict = Verdict.INCONCLUSIVE
         graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"

@@ -192,3 +192,9 @@ def test_clears_tells_a_strong_result_from_a_borderline_one():
     post = ClaimSpec(**{**SPEC.__dict__, "post_hoc": True})
     assert grade(post, interval(0.3, 0.2, 0.4), "x", precondition_met=True).row()["post hoc"] is True
     assert "post hoc" in post.declaration()["role"]
+
+
+def test_a_failed_check_comes_before_the_zero_width_refusal():
+    flat = reporting.moves_at_all({"clean": [1.0, 1.0], "ablated": [1.0, 1.0]}, "MRR")
+    graded = grade(SPEC, interval(0.0, 0.0, 0.0, se=0.0), "x", precondition_met=True, checks=[flat])
+    assert graded.verdict is Verdict.NOT_TESTABLE and "room to move" in graded.reason
