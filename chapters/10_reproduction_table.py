@@ -194,13 +194,22 @@ if chosen:
                      f"{chosen.get('chosen_model')}; tasks {mismatched}. Update the parameters cells.</div>"))
 
 # %% [markdown]
-# ## Every claim, paper against book
+# ## Primary rows: one per paper claim
 #
-# One row per claim, in chapter order. Chapters on the book's evidence standard declare each claim
-# before its numbers and grade it with one function (`icl_utils.reporting.grade`): green
+# Each chapter declares, before its numbers, one *primary* row for each claim of a paper it tests
+# (on its main task and model); the chapter's primary rows are decided together, with Holm's
+# correction for testing several at once. Every other row is *exploratory*: a second task, a second
+# model, a control, a reading added later (marked *post hoc*). The primary rows come first, with
+# their counts; the exploratory rows follow.
+#
+# One row per claim, in chapter order. Every row is graded by one function
+# (`icl_utils.reporting.grade`): green
 # *reproduced*, red *contradicted*, amber *inconclusive* (the row says how small an effect the
 # design could detect and how many units would settle it), grey *not testable* (the claim's
-# precondition failed), blue *differs* (a stated structural reason). A row from a results file
+# precondition or a design check failed: no room to move, or too weak to detect the smallest
+# effect), blue *differs* (a stated structural reason). *Clears* says whether the whole interval
+# lies past the smallest effect that counts, so a strong result and a borderline one do not look
+# alike; fewer than 8 independent units are always *inconclusive*. A row from a results file
 # written by an older version of a chapter, with a hand-written verdict, is marked *not graded*
 # (white) and counted apart; rerun that chapter to grade it. The *book* column is the figure the chapter computed when it ran, on the
 # model and parameters shown above.
@@ -221,24 +230,44 @@ def verdict_group(row):
 rows = []
 for c in fresh:
     for claim in c["payload"]["claims"]:
+        role = claim.get("role") or "exploratory"  # rows written before roles were declared are exploratory
         rows.append({"chapter": c["title"].split(".")[0], **{k: claim.get(k, "") for k in TABLE_COLUMNS},
-                     "group": verdict_group(claim)})
+                     "role": role + (", post hoc" if claim.get("post hoc") else ""), "group": verdict_group(claim)})
 claims = pd.DataFrame(rows, columns=["chapter", *TABLE_COLUMNS, "group"])
 claims.loc[claims.group == "not graded", "verdict"] = "not graded: " + claims.loc[claims.group == "not graded", "verdict"].astype(str)
+is_primary = claims["role"].str.startswith("primary")
 
 
 def colour_rows(row):
     return [f"background-color: {COLOURS[row['group']]}; color: black"] * len(row)
 
 
-(claims.fillna("").style.apply(colour_rows, axis=1)
- .format({"estimate": lambda v: f"{v:+.3f}" if isinstance(v, float) else v,
-          "smallest effect": lambda v: f"{v:g}" if isinstance(v, float) else v})
- .hide(axis="index").hide(["group"], axis="columns")
- .set_properties(**{"text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
- .set_properties(subset=["chapter"], **{"text-align": "center"})
- .set_table_styles([{"selector": "th", "props": [("text-align", "left"), ("font-size", "0.85em")]},
-                    {"selector": "td", "props": [("border-bottom", "1px solid white"), ("padding", "4px 6px")]}]))
+def styled(table):
+    return (table.fillna("").style.apply(colour_rows, axis=1)
+            .format({"estimate": lambda v: f"{v:+.3f}" if isinstance(v, float) else v,
+                     "smallest effect": lambda v: f"{v:g}" if isinstance(v, float) else v})
+            .hide(axis="index").hide(["group"], axis="columns")
+            .set_properties(**{"text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
+            .set_properties(subset=["chapter"], **{"text-align": "center"})
+            .set_table_styles([{"selector": "th", "props": [("text-align", "left"), ("font-size", "0.85em")]},
+                               {"selector": "td", "props": [("border-bottom", "1px solid white"), ("padding", "4px 6px")]}]))
+
+
+primary_counts = claims[is_primary]["group"].value_counts().reindex(GROUPS, fill_value=0)
+print(f"{int(is_primary.sum())} primary rows (one per paper claim) in {len(fresh)} chapters: "
+      + ", ".join(f"{n} {g}" for g, n in primary_counts.items() if n))
+display(primary_counts[primary_counts > 0].rename("primary rows").to_frame().T)
+styled(claims[is_primary])
+
+# %% [markdown]
+# ## Exploratory rows
+#
+# The same claims on other tasks and models, controls, and readings declared after the data were
+# seen (*post hoc*): each graded alone at 95%, without a correction for their number, so read them
+# as leads rather than findings.
+
+# %%
+styled(claims[~is_primary])
 
 # %% [markdown]
 # ## Verdicts by chapter
@@ -276,10 +305,11 @@ summary = {
     "chapters_left_out": {c["name"]: c["status"] for c in problems},
     "n_claims": int(len(claims)),
     "verdicts": {g: int(n) for g, n in totals.items()},
+    "primary_verdicts": {g: int(n) for g, n in primary_counts.items()},
     "verdicts_per_chapter": {ch: {g: int(n) for g, n in row.items()} for ch, row in counts.iterrows()},
     "runtime_s": time.time() - start,
 }
-print(f"{len(claims)} claims from {len(fresh)} of {len(chapters)} chapters, all on {MODEL}:")
+print(f"{len(claims)} claims ({int(is_primary.sum())} primary) from {len(fresh)} of {len(chapters)} chapters, all on {MODEL}:")
 for group, n in totals.items():
     if n:
         print(f"  {n:3d} {group} ({n / max(len(claims), 1):.0%})")

@@ -135,18 +135,33 @@ def moves_at_all(values_by_arm: dict, measure: str) -> Check:
 
 
 def able_to_detect(se: float, n_units: int, smallest_effect: float, measure: str) -> Check:
-    """The design's minimum detectable effect at 80% power (t on n_units - 1 df) for a quantity
-    measured with standard error `se` on these units (from the clean data, e.g. the clean accuracy's
-    interval) is at most the smallest effect that counts."""
+    """The design's minimum detectable effect at 80% power (t on n_units - 1 df) is at most the
+    smallest effect that counts. `se`: the standard error of a comparison on this design that has
+    no effect of its own (`stats.null_standard_error`: one random control against the others), or,
+    where the claim has no random control, of the clean measure over the same units."""
     mde = minimum_detectable_effect(se, n_units)
     return Check("able to detect", mde <= smallest_effect,
                  f"{measure}: detectable effect at 80% power {mde:.3f} on {n_units} units vs smallest effect {smallest_effect:g}")
 
 
-def design_checks(clean: Interval, bound: float, smallest_effect: float, measure: str) -> list:
-    """The two standard preconditions of a claim about a change of a bounded measure, from its clean interval."""
+def design_checks(clean: Interval, bound: float, smallest_effect: float, measure: str, null_se: float | None = None) -> list:
+    """The two standard preconditions of a claim about a change of a bounded measure: room to move
+    from the clean value to `bound`, and able to detect, from `null_se` (the noise of a comparison
+    with no effect, `stats.null_standard_error`) or, without one, the clean measure's own standard error."""
     return [room_to_move(clean.estimate, bound, smallest_effect, measure),
-            able_to_detect(clean.se, clean.n_units, smallest_effect, measure)]
+            able_to_detect(clean.se if null_se is None else null_se, clean.n_units, smallest_effect,
+                           measure + ("" if null_se is None else ", noise of a random control against the others"))]
+
+
+def unless_pinned(interval: Interval | None) -> tuple:
+    """(interval, "") or, when the statistic took the same value whichever unit was left out (a
+    zero-width interval from several units: e.g. a head selection that never changes), (None, the
+    reason). Pass both to `grade(spec, interval, ..., reason=reason)`: the row is then shown as a
+    description, not graded, since no interval can be formed around a pinned statistic."""
+    if interval is None or interval.n_units < 2 or interval.high != interval.low:
+        return interval, ""
+    return None, (f"the statistic is {interval.estimate:.3g} whichever {interval.unit} is left out: pinned, so no interval "
+                  f"can be formed (a description, not graded)")
 
 
 @dataclass

@@ -20,6 +20,8 @@ each unit):
 * `mean_interval`, `paired_difference`: the two statistics most claims need.
 * `difference_from_random(treated, random_draws, clusters)`: a chosen intervention minus random
   ones (>= 20 draws) on the same rows; rows' clusters and random draws are two independent samples.
+* `null_standard_error(random_draws, clusters)`: the noise of a comparison with no effect on this
+  design (one random draw against the others), the yardstick of a design's power.
 * `percentile_of(value, null)`: where a value falls among draws of a null (e.g. random heads).
 * `minimum_detectable_effect`, `units_to_settle`: what a design could have detected, and the number
   of units (demonstration sets, seeds) at which an interval around the current estimate would
@@ -168,12 +170,18 @@ def paired_difference(treated, control, clusters, **kwargs) -> Interval:
     return mean_interval(treated - control, clusters, **kwargs)
 
 
-def difference_from_random(treated, random_draws, clusters, confidence: float = CONFIDENCE,
+def difference_from_random(treated, random_draws, clusters, reselected=None, confidence: float = CONFIDENCE,
                            unit: str = "demonstration set") -> Interval:
     """Mean of `treated` (n_rows,) minus the mean of `random_draws` (n_rows, n_draws): a chosen
     intervention against random ones (e.g. random head sets) on the same rows. The clusters of rows
     and the random draws are two independent samples: each is left out one at a time, so the
-    interval carries both the rows' sampling error and which random sets happened to be drawn."""
+    interval carries both the rows' sampling error and which random sets happened to be drawn.
+
+    reselected: (n_selection_units, n_rows), when the chosen intervention was *selected* on data of
+    its own (heads ranked on a selection pool): `treated` again with the selection redone without
+    each selection unit, a third independent sample, so the interval carries how stable the
+    choice is too.
+    """
     treated, random_draws = _as_array(treated), _as_array(random_draws)
     if random_draws.ndim != 2 or random_draws.shape[0] != len(treated):
         raise ValueError(f"random_draws must be (n_rows, n_draws) with n_rows = {len(treated)}; got {random_draws.shape}")
@@ -190,8 +198,25 @@ def difference_from_random(treated, random_draws, clusters, confidence: float = 
                        - (random_sum.sum() - random_sum.sum(1)) / ((n_rows - rows_in) * n_draws))
     draw_means = random_draws.mean(0)
     without_draw = treated.mean() - (draw_means.sum() - draw_means) / (n_draws - 1)
-    return jackknife_interval(float(treated.mean() - random_draws.mean()), without_cluster, without_draw,
-                              unit=unit, confidence=confidence)
+    samples = [without_cluster, without_draw]
+    if reselected is not None:
+        reselected = _as_array(reselected)
+        if reselected.ndim != 2 or reselected.shape[1] != n_rows:
+            raise ValueError(f"reselected must be (n_selection_units, n_rows) with n_rows = {n_rows}; got {reselected.shape}")
+        samples.append(reselected.mean(1) - random_draws.mean())
+    return jackknife_interval(float(treated.mean() - random_draws.mean()), *samples, unit=unit, confidence=confidence)
+
+
+def null_standard_error(random_draws, clusters, unit: str = "demonstration set") -> float:
+    """The noise of a comparison that has no effect, on this design: each random draw (a column of
+    `random_draws`, (n_rows, n_draws)) taken as if it were the chosen one and compared with the
+    others by `difference_from_random`; the median of their standard errors. The yardstick of the
+    *able to detect* check (reporting.able_to_detect): it does not depend on the chosen effect."""
+    random_draws = _as_array(random_draws)
+    if random_draws.ndim != 2 or random_draws.shape[1] < 3:
+        raise ValueError("the null's noise needs (n_rows, n_draws) random draws with at least 3 draws (the book uses >= 20)")
+    return float(np.median([difference_from_random(random_draws[:, j], np.delete(random_draws, j, axis=1), clusters,
+                                                   unit=unit).se for j in range(random_draws.shape[1])]))
 
 
 def percentile_of(value: float, null) -> float:

@@ -51,18 +51,16 @@ def test_rank_heads_refuses_prompts_without_one_of_the_labels(info, prompts):
         H.rank_heads(info, one_label, progress=False)
 
 
-def test_resampled_rankings_move_whole_demonstration_sets(info, task):
+def test_leave_one_set_out_rankings_drop_whole_demonstration_sets(info, task):
     from icl_utils import build_prompt_groups
 
-    groups = build_prompt_groups(task, 2, 2, demos_per_class=1, seed=0, distinct_queries=True, pool="selection")
+    groups = build_prompt_groups(task, 3, 2, demos_per_class=1, seed=0, distinct_queries=True, pool="selection")
     ranking = H.rank_heads(info, [p for g in groups for p in g], progress=False)
-    draws = ranking.resampled_importance(50, seed=0)
-    assert draws.shape == (50, info.n_layers, info.n_heads)
-    # with two sets, every draw is set A twice, B twice or both: three distinct means at most
-    set_means = [ranking.per_prompt[torch.as_tensor(ranking.demo_set == s)].mean(0) for s in sorted(set(ranking.demo_set))]
-    allowed = [set_means[0], set_means[1], (set_means[0] + set_means[1]) / 2]
-    for draw in draws:
-        assert any(torch.allclose(draw, a, atol=1e-5) for a in allowed)
+    left_out = ranking.leave_one_out_importance()
+    assert left_out.shape == (3, info.n_layers, info.n_heads)
+    for i, s in enumerate(sorted(set(ranking.demo_set))):
+        kept = torch.as_tensor(ranking.demo_set != s)
+        torch.testing.assert_close(left_out[i], ranking.per_prompt[kept].mean(0))
 
 
 def test_find_in_context_heads_ranks_on_the_selection_pool_and_refuses_leaks(info, task, tmp_path, monkeypatch):

@@ -198,3 +198,11 @@ def test_a_failed_check_comes_before_the_zero_width_refusal():
     flat = reporting.moves_at_all({"clean": [1.0, 1.0], "ablated": [1.0, 1.0]}, "MRR")
     graded = grade(SPEC, interval(0.0, 0.0, 0.0, se=0.0), "x", precondition_met=True, checks=[flat])
     assert graded.verdict is Verdict.NOT_TESTABLE and "room to move" in graded.reason
+
+
+def test_a_pinned_statistic_becomes_a_description_with_its_reason():
+    pinned, why = reporting.unless_pinned(interval(0.78, 0.78, 0.78, se=0.0, n=10))
+    assert pinned is None and "pinned" in why
+    graded = grade(SPEC, pinned, "depth 0.78", precondition_met=True, reason=why)
+    assert graded.verdict is Verdict.NOT_TESTABLE and "description" in graded.reason
+    assert reporting.unless_pinned(interval(0.3, 0.2, 0.4)) == (interval(0.3, 0.2, 0.4), "")

@@ -192,3 +192,27 @@ def test_difference_from_random_keeps_its_95_percent():
         return np.column_stack([treated, random]), 0.3
 
     assert _coverage(draw, lambda v, c: difference_from_random(v[:, 0], v[:, 1:], c), 8, n_simulations=1000) >= 0.93
+
+
+def test_a_selection_redone_without_each_selection_unit_widens_the_interval():
+    rng = np.random.default_rng(3)
+    clusters = np.repeat(np.arange(10), 4)
+    treated = rng.normal(0.5, 0.1, 40)
+    random = rng.normal(0.2, 0.1, (40, 20))
+    fixed = difference_from_random(treated, random, clusters)
+    stable = difference_from_random(treated, random, clusters, reselected=np.tile(treated, (8, 1)))
+    assert stable.se == pytest.approx(fixed.se) and stable.n_units == 8  # the smallest sample sets the df
+    unstable = np.tile(treated, (8, 1))
+    unstable[3] = random[:, 0]  # without selection set 3, another (random-like) head set is chosen
+    assert difference_from_random(treated, random, clusters, reselected=unstable).se > 2 * fixed.se
+
+
+def test_the_null_noise_is_one_random_draw_against_the_others():
+    from icl_utils.stats import null_standard_error
+
+    rng = np.random.default_rng(4)
+    clusters = np.repeat(np.arange(10), 4)
+    quiet, loud = rng.normal(0, 0.05, (40, 20)), rng.normal(0, 0.5, (40, 20))
+    assert null_standard_error(loud, clusters) > 5 * null_standard_error(quiet, clusters)
+    with pytest.raises(ValueError, match="at least 3 draws"):
+        null_standard_error(quiet[:, :2], clusters)
