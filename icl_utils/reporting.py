@@ -31,7 +31,8 @@ effect, so a strong result and a borderline one do not look alike.
 
 `grade` refuses a zero-width interval from more than one unit unless the spec declares the
 statistic exact: such an interval comes from a resampling that holds a selection fixed. (A row
-already not testable, by its precondition or a failed check, is reported as such first.)
+already not testable, by its precondition or a failed check, or inconclusive for too few units,
+is reported as such first.)
 
 No chapter writes a verdict by hand. (A results file written by an older version of a chapter may
 still hold hand-written verdicts; the reproduction table shows such rows as "not graded".)
@@ -245,15 +246,15 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     elif not met or interval is None or failed:
         graded.reason = reason or "; ".join([f"precondition fails: {spec.precondition}"] * (not met)
                                             + [str(c) for c in failed]) or "could not be measured"
+    elif interval.n_units < MIN_UNITS:
+        graded.verdict = Verdict.INCONCLUSIVE
+        graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"
     elif interval.n_units > 1 and interval.high == interval.low and not spec.exact:
         raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
                          f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
                          f"selection redone without each unit (stats.jackknife_interval), show it as a description "
                          f"instead, or declare the statistic exact (ClaimSpec(exact=True)). (A measure that cannot move "
                          f"is not testable: pass checks=[reporting.moves_at_all(...)].)")
-    elif interval.n_units < MIN_UNITS:
-        graded.verdict = Verdict.INCONCLUSIVE
-        graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"
     else:
         graded.verdict = _interval_verdict(spec, interval)
         graded.p_value = _row_p_value(spec, interval)

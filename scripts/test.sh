@@ -5,7 +5,8 @@
 #      transformers 4.57.6 (.venv) and on transformers 5.x (.venv-tf5, scripts/setup_env_tf5.sh);
 #   2. slow: the embedded models loaded for real (tests/test_embedded_models.py), then every
 #      chapter executed with papermill on small parameters (chapters/smoke_parameters.yml) on the
-#      embedded default model, then the site built from those outputs with warnings as errors;
+#      embedded default model, then the placebo of chapter 3's headline claim (random heads must
+#      not pass its gate), then the site built from those outputs with warnings as errors;
 #   3. browser: every page of the built site loaded in headless Chromium with the network off
 #      (maths typeset, figures and widgets shown, no failed or external asset loads).
 # Each tier prints its wall time; chapter execution has a time budget (NOTEBOOK_BUDGET_S, seconds).
@@ -32,6 +33,12 @@ echo "== fast tests (transformers $TF5_VERSION): $(( $(date +%s) - t )) s"
 t=$(date +%s)
 "$PYTHON" -m pytest -q -m "embedded or notebooks" tests/test_embedded_models.py tests/test_notebooks.py
 echo "== slow tier (embedded models; all chapters executed on smoke parameters): $(( $(date +%s) - t )) s"
+
+# The placebo: random single heads labelled "the top head" must pass chapter 3's headline claim in at
+# most 10% of 50 draws (scripts/placebo_top_head.py exits 1 above that, or if the gate is never reached).
+t=$(date +%s)
+"$PYTHON" scripts/placebo_top_head.py
+echo "== placebo of chapter 3's headline claim: $(( $(date +%s) - t )) s"
 
 t=$(date +%s)
 bash scripts/build_site.sh

@@ -77,7 +77,7 @@ NEGATIVE_CONTROL = {
     "03_in_context_heads": {
         "TASK": "random_labels", "OTHER_TASK": "animal_vehicle", "DEMOS_PER_CLASS": 2, "QUERIES_PER_GROUP": 4,
         "N_SELECT_GROUPS": 2, "N_EVAL_GROUPS": 4, "CALIBRATION_PER_CLASS": 1, "HEAD_FRACTIONS": [0.01],
-        "N_RANDOM": 3, "N_BOOTSTRAP": 100},
+        "N_RANDOM": 3},
 }
 
 
