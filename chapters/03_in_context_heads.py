@@ -86,12 +86,14 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from IPython.display import display
+
 import icl_utils as iu
 from icl_utils.attribution import head_direct_effects
 from icl_utils.evaluation import batches
 from icl_utils.heads import LEARNS, headline_claim, rank_heads, save_in_context_heads, top_heads
-from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, design_checks, grade, save_results,
-                                 unless_pinned)
+from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, design_checks, grade, grade_or_describe,
+                                 save_results)
 from icl_utils.stats import (difference_from_random, jackknife_interval, mean_interval, null_standard_error, percentile_of,
                              spearman)
 
@@ -428,7 +430,7 @@ learns = mean_interval(clean_correct, clusters)
 learns_ok = learns.low > 0.5
 print(f"precondition: clean calibrated accuracy {learns} over {learns.n_units} sets -> {'holds' if learns_ok else 'fails'}; "
       f"raw accuracy {clean.accuracy():.3f}, AUC {clean.auc():.3f}")
-graded = []
+graded, described = [], []  # described: statistics no single set moves, shown beside the table (grade_or_describe)
 
 # ~1% of heads, against random sets of the same size (at one head: every other head alone); the top
 # set is chosen again without each selection set, so the interval carries the choice's stability
@@ -477,10 +479,9 @@ percentile = jackknife_interval(top_head_percentile(importance, every_row),
                                 [top_head_percentile(importance, every_row[clusters != u]) for u in np.unique(clusters)],
                                 [top_head_percentile(draw, every_row) for draw in left_out],
                                 unit=claim_specs["top head vs every head"].unit)
-percentile, pinned = unless_pinned(percentile)  # e.g. the top head at the 100th percentile whichever set is left out
-graded.append(grade(claim_specs["top head vs every head"], percentile,
-                    f"top head {in_context_heads[0]}: percentile {top_head_percentile(importance, every_row):.1f} among "
-                    f"{len(all_heads)} single heads", precondition_met=learns_ok, reason=pinned))
+graded.append(grade_or_describe(claim_specs["top head vs every head"], percentile,  # e.g. at the 100th percentile whichever set is left out
+                                f"top head {in_context_heads[0]}: percentile {percentile} among {len(all_heads)} single heads",
+                                described, precondition_met=learns_ok))
 
 # foo and bar heads, on the original and on the label-swapped prompts
 shift = {name: foo_minus_bar(ablated[(f"{name} heads",)]) - foo_minus_bar(clean) for name in (foo_word, bar_word)}
@@ -493,8 +494,8 @@ for claim_name, values, who, where in [("foo heads", shift[foo_word], foo_heads,
                         precondition_met=learns_ok))
 
 # depth of the top heads, the ranking redone without each selection set
-graded.append(grade(claim_specs["deep layers"], unless_pinned(depth_ci)[0], f"top {n_top} heads: mean relative depth {depth_ci}",
-                    precondition_met=learns_ok, reason=unless_pinned(depth_ci)[1]))
+graded.append(grade_or_describe(claim_specs["deep layers"], depth_ci, f"top {n_top} heads: mean relative depth {depth_ci}",
+                                described, precondition_met=learns_ok))
 
 
 # S (selection) against the fall of log p(gold) when each head is zeroed alone (evaluation): both pools left out in turn
@@ -517,6 +518,10 @@ graded.append(grade(claim_specs["ranking vs zeroing"], rank_rho,
 
 graded.append(grade(claim_specs["another task"], task_ci, f"{TASK} vs {OTHER_TASK}: Spearman {task_ci}; top-{n_top} overlap {task_overlap}/{n_top}",
                     precondition_met=learns_ok))
+graded = [g for g in graded if g is not None]
+if described:
+    print("Beside the table, not graded (no single set moves these statistics, so no interval can be formed):")
+    display(pd.DataFrame(described)[["claim", "value", "book", "why not graded"]])
 claims_table(graded)
 
 # %% [markdown]
@@ -538,7 +543,7 @@ save_results(
     "03_in_context_heads",
     {
         "model": MODEL, "task": TASK, "in_context_heads": in_context_heads, "foo_heads": foo_heads,
-        "bar_heads": bar_heads, "label_copiers": shared, "clean_calibrated_accuracy": clean.accuracy("prior"),
+        "bar_heads": bar_heads, "described_not_graded": described, "label_copiers": shared, "clean_calibrated_accuracy": clean.accuracy("prior"),
         "clean_raw_accuracy": clean.accuracy(), "clean_auc": clean.auc(),
         "ablations": summary.reset_index().to_dict(orient="records"),
         "top_in_leave_one_set_out_rankings": {f"{l}.{h}": in_top[l, h].item() for l, h in in_context_heads},

@@ -30,7 +30,8 @@ marked `post_hoc=True`. The column "clears" says whether the *whole* interval is
 effect, so a strong result and a borderline one do not look alike.
 
 `grade` refuses a zero-width interval from more than one unit unless the spec declares the
-statistic exact: such an interval comes from a resampling that holds a selection fixed. (A row
+statistic exact: such an interval comes from a resampling that holds a selection fixed; a
+statistic that no single unit moves is shown beside the table instead (`grade_or_describe`). (A row
 already not testable, by its precondition or a failed check, or inconclusive for too few units,
 is reported as such first.)
 
@@ -154,17 +155,6 @@ def design_checks(clean: Interval, bound: float, smallest_effect: float, measure
                            measure + ("" if null_se is None else ", noise of a random control against the others"))]
 
 
-def unless_pinned(interval: Interval | None) -> tuple:
-    """(interval, "") or, when the statistic took the same value whichever unit was left out (a
-    zero-width interval from several units: e.g. a head selection that never changes), (None, the
-    reason). Pass both to `grade(spec, interval, ..., reason=reason)`: the row is then shown as a
-    description, not graded, since no interval can be formed around a pinned statistic."""
-    if interval is None or interval.n_units < 2 or interval.high != interval.low:
-        return interval, ""
-    return None, (f"the statistic is {interval.estimate:.3g} whichever {interval.unit} is left out: pinned, so no interval "
-                  f"can be formed (a description, not graded)")
-
-
 @dataclass
 class GradedClaim:
     spec: ClaimSpec
@@ -249,7 +239,7 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     elif interval.n_units < MIN_UNITS:
         graded.verdict = Verdict.INCONCLUSIVE
         graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"
-    elif interval.n_units > 1 and interval.high == interval.low and not spec.exact:
+    elif interval.n_units > 1 and _zero_width(interval) and not spec.exact:
         raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
                          f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
                          f"selection redone without each unit (stats.jackknife_interval), show it as a description "
@@ -262,6 +252,29 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
             _settle(spec, interval, graded)
     graded.single_verdict = graded.verdict
     return graded
+
+
+def _zero_width(interval: Interval) -> bool:
+    """No spread beyond float rounding (identical leave-one-out replicates can differ in the last bit)."""
+    return interval.high - interval.low <= 1e-12 * max(1.0, abs(interval.estimate))
+
+
+def grade_or_describe(spec: ClaimSpec, interval: Interval | None, book: str, described: list, **kwargs) -> GradedClaim | None:
+    """`grade(spec, interval, book, **kwargs)`, unless the statistic is *pinned*: it took the same
+    value whichever unit was left out (a zero-width interval from several units, e.g. a head
+    selection that no single unit changes) while the row would otherwise be graded. No interval can
+    be formed around such a value, so it is appended to `described` (a row: claim, task, metric,
+    value, book, why) to be shown beside the table, not graded, and None is returned."""
+    pinned = interval is not None and interval.n_units >= MIN_UNITS and _zero_width(interval) and not spec.exact
+    blocked = kwargs.get("precondition_met") is False or kwargs.get("differs") or any(not c.met for c in kwargs.get("checks", ()))
+    if pinned and not blocked:
+        described.append({"claim": spec.claim, "task": kwargs.get("task", ""), "metric": spec.metric, "value": interval.estimate,
+                          "book": book, "why not graded": f"the same value whichever of the {interval.n_units} "
+                                                          f"{interval.unit}s is left out: no interval can be formed"})
+        print(f"{spec.claim} ({kwargs.get('task') or 'main'}): {interval.estimate:.3g} whichever {interval.unit} is left out; "
+              f"a description beside the table, not graded")
+        return None
+    return grade(spec, interval, book, **kwargs)
 
 
 def _interval_verdict(spec: ClaimSpec, interval: Interval) -> Verdict:

@@ -200,9 +200,12 @@ def test_a_failed_check_comes_before_the_zero_width_refusal():
     assert graded.verdict is Verdict.NOT_TESTABLE and "room to move" in graded.reason
 
 
-def test_a_pinned_statistic_becomes_a_description_with_its_reason():
-    pinned, why = reporting.unless_pinned(interval(0.78, 0.78, 0.78, se=0.0, n=10))
-    assert pinned is None and "pinned" in why
-    graded = grade(SPEC, pinned, "depth 0.78", precondition_met=True, reason=why)
-    assert graded.verdict is Verdict.NOT_TESTABLE and "description" in graded.reason
-    assert reporting.unless_pinned(interval(0.3, 0.2, 0.4)) == (interval(0.3, 0.2, 0.4), "")
+def test_a_pinned_statistic_is_described_beside_the_table_not_graded():
+    described = []
+    assert reporting.grade_or_describe(SPEC, interval(0.78, 0.78, 0.78, se=0.0, n=10), "depth 0.78", described,
+                                       precondition_met=True) is None
+    assert described[0]["value"] == 0.78 and "no interval" in described[0]["why not graded"]
+    graded = reporting.grade_or_describe(SPEC, interval(0.3, 0.2, 0.4), "x", described, precondition_met=True)
+    assert graded.verdict is Verdict.REPRODUCED and len(described) == 1
+    blocked = reporting.grade_or_describe(SPEC, interval(0.78, 0.78, 0.78, se=0.0, n=10), "x", described, precondition_met=False)
+    assert blocked.verdict is Verdict.NOT_TESTABLE and len(described) == 1
