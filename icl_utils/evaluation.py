@@ -8,7 +8,7 @@ Calibration. Small models put a prior on one label word whatever the input ("bar
   prompts themselves; `ICLScores.calibrated_with` attaches that prior;
 * AUC of the two-label logit difference: how well the scores rank the classes, threshold-free;
 * the gold-label logit margin.
-Every ICLScores knows each prompt's demonstration set (`demo_set`), the unit intervals resample.
+Every ICLScores knows each prompt's demonstration set (`demo_set`), the unit of its intervals.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ class ICLScores:
         """Accuracy with a 95% t interval over whole demonstration sets (the book's
         precondition "the clean model learns the task" is this interval's low end above chance)."""
         if self.demo_set is None:
-            raise ValueError("these scores carry no demonstration sets to resample (score prompts built by "
+            raise ValueError("these scores carry no demonstration sets to form an interval over (score prompts built by "
                              "build_prompt_groups or design_prompts)")
         return mean_interval(self.correct(calibration, reference).numpy(), self.demo_set)
 
@@ -579,7 +579,7 @@ def design_prompts(task, n_groups: int, queries_per_group: int, demos_per_class=
     """The book's standard design: `n_groups` demonstration sets, each with its own
     `queries_per_group` queries from `pool` (balanced over the classes), plus calibration
     prompts for each set. Returns (prompts, calibration prompts), ready for score_calibrated
-    or score_head_ablations; the demonstration set is the unit intervals resample."""
+    or score_head_ablations; the demonstration set is the unit of its intervals."""
     groups = build_prompt_groups(task, n_groups, queries_per_group, demos_per_class=demos_per_class,
                                  label_words=label_words, seed=seed, distinct_queries=True, pool=pool)
     prompts = [p for group in groups for p in group]

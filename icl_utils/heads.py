@@ -67,7 +67,7 @@ def top_heads(values: torch.Tensor, n: int, among: list[Head] | None = None) -> 
 @dataclass
 class HeadRanking:
     """Head scores averaged over prompts, each (n_layers, n_heads), and the per-prompt scores
-    behind them (for intervals that resample demonstration sets)."""
+    behind them (for intervals over demonstration sets)."""
 
     importance: torch.Tensor  # S for the gold label word, over all prompts
     per_label: dict  # label word -> S(word) on prompts whose gold label is that word

@@ -161,7 +161,7 @@ def token_losses(info: ModelInfo, seqs: torch.Tensor, positions, batch_size: int
 def token_loss_differences(info: ModelInfo, seqs: torch.Tensor, early=range(40, 60), late=range(490, 510),
                            intervention=None, batch_size: int = 4) -> torch.Tensor:
     """Per sequence: mean loss over the `early` window minus mean loss over the `late` window
-    (default: tokens around 50 and around 500). (n_seqs,): sequences are the unit an interval resamples."""
+    (default: tokens around 50 and around 500). (n_seqs,): sequences are the unit of an interval."""
     early, late = list(early), list(late)
     losses = token_losses(info, seqs, early + late, batch_size=batch_size, intervention=intervention)
     return losses[:, : len(early)].mean(1) - losses[:, len(early) :].mean(1)

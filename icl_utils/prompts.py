@@ -303,7 +303,7 @@ def calibration_prompts(task: Task, prompts: list, per_class: int = 4, seed: int
 
 def demo_set_ids(prompts: list) -> np.ndarray:
     """A short id per prompt naming its demonstration set (same inputs in the same order; a hash,
-    so the same set gets the same id in any call): the unit that intervals resample."""
+    so the same set gets the same id in any call): the unit of the intervals."""
     return np.array([hashlib.sha1(repr(list(p.demos)).encode("utf-8")).hexdigest()[:12] for p in prompts])
 
 

@@ -2,7 +2,7 @@
 
 A chapter first *declares* each claim it tests (`ClaimSpec`): the paper's claim and figure, the
 metric the book computes, the paper's direction, the smallest effect that counts (with its
-reason), the control or null, the resampling unit, the precondition, and whether the row is the
+reason), the control or null, the unit of the interval, the precondition, and whether the row is the
 claim's *primary* row or exploratory. After the measurement, `grade(spec, interval, ...)` turns the
 estimate and its Student-t interval (`icl_utils.stats`) into a `Verdict`, in this order:
 
@@ -79,7 +79,7 @@ class ClaimSpec:
     smallest_effect: float  # > 0, in the metric's units: an effect below this does not count (equivalent: the margin)
     smallest_effect_reason: str  # why that size
     control: str  # the control or null distribution the estimate is compared with
-    unit: str  # what the interval resamples (demonstration sets, seeds, prompts)
+    unit: str  # the interval's independent unit (demonstration sets, seeds, prompts)
     precondition: str = ""  # what must hold for the claim to be testable ("" for none)
     null: float = 0.0  # the metric's value when there is no effect
     primary: bool = False  # the paper claim's one primary row (Holm-corrected over the chapter's primary rows)
@@ -97,7 +97,7 @@ class ClaimSpec:
                 "paper's direction": (f"within ±{self.smallest_effect:g} of {self.null:g}" if self.direction == "equivalent"
                                       else f"{self.direction} from {self.null:g}"),
                 "smallest effect that counts": f"{self.smallest_effect:g} ({self.smallest_effect_reason})",
-                "control / null": self.control, "resampled unit": f"{self.unit} (at least {MIN_UNITS})",
+                "control / null": self.control, "unit": f"{self.unit} (at least {MIN_UNITS})",
                 "precondition": self.precondition or "none",
                 "role": ("primary" if self.primary else "exploratory") + (", declared after the data (post hoc)" if self.post_hoc else "")}
 

@@ -1,6 +1,6 @@
 """Intervals, nulls and the size of a design, for every claim the book grades (on scipy.stats).
 
-The rule everywhere: resample the unit that was actually drawn at random. Prompts that share one
+The rule everywhere: the unit of an interval is what was actually drawn at random. Prompts that share one
 set of demonstrations are not independent (they share the context that makes them right or
 wrong), so an interval over such prompts treats *whole demonstration sets* (clusters) as the
 units; an interval over training runs treats seeds as the units.
