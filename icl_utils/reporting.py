@@ -175,6 +175,7 @@ class GradedClaim:
     single_verdict: Verdict | None = None  # the verdict of this row alone, before any multiplicity correction
     p_value: float | None = None  # the row's test: for reproduced, against the null; for contradicted, against the smallest effect
     p_holm: float | None = None  # that p-value, Holm-adjusted over the chapter's primary rows
+    shown: Verdict | None = None  # the verdict a table last showed for this row (save_results checks it still holds)
 
     def clears(self) -> str:
         """'yes' when the whole interval is past the smallest effect in the paper's direction (inside
@@ -326,20 +327,31 @@ def _settle(spec: ClaimSpec, interval: Interval, graded: GradedClaim) -> None:
 
 
 def family_verdicts(graded: list, alpha: float = 1 - CONFIDENCE) -> list:
-    """Holm's step-down correction over the primary rows that reached a statistical test: each
-    keeps reproduced/contradicted only if its Holm-adjusted p-value is below `alpha`; the others
-    become inconclusive. Exploratory rows keep their single-row verdict. Idempotent: it starts
-    from each row's own verdict every time."""
+    """Holm's step-down correction over the primary rows in `graded` that reached a statistical
+    test: each keeps reproduced/contradicted only if its Holm-adjusted p-value is below `alpha`;
+    the others become inconclusive. Exploratory rows keep their single-row verdict. Idempotent: it
+    starts from each row's own verdict every time. Pass the chapter's whole list: the family is the
+    primary rows it holds (`claims_table` and `save_results` do; a spec graded primary twice on one
+    task is refused, since a forgotten exploratory=True would silently enlarge the family)."""
     tested = [g for g in graded if g.primary and g.p_value is not None]
+    twice = {(id(g.spec), g.task) for g in tested if sum(h.spec is g.spec and h.task == g.task for h in tested) > 1}
+    if twice:
+        raise ValueError(f"{len(twice)} primary claim(s) graded more than once on one task (e.g. "
+                         f"{next(g.spec.claim for g in tested if (id(g.spec), g.task) in twice)!r}): a claim has one "
+                         f"primary row; grade the others with exploratory=True")
     order = sorted(tested, key=lambda g: g.p_value)
     running = 0.0
     for i, g in enumerate(order):
         running = max(running, min(1.0, (len(order) - i) * g.p_value))
         g.p_holm = running
-    for g in tested:
+    for g in tested:  # a row inconclusive only after the correction says so (row()), with no sample size to settle it
         g.verdict = g.single_verdict if g.p_holm < alpha else Verdict.INCONCLUSIVE
-        if g.verdict is Verdict.INCONCLUSIVE and g.mde is None and g.interval is not None:
-            _settle(g.spec, g.interval, g)
+    return graded
+
+
+def _shown(graded: list) -> list:
+    for g in graded:
+        g.shown = g.verdict
     return graded
 
 
@@ -359,17 +371,22 @@ def claims_table(claims: list, columns: list | None = TABLE_COLUMNS):
     every field (metric, direction, unit, ...)."""
     import pandas as pd
 
-    table = pd.DataFrame([c.row() for c in family_verdicts(list(claims))])
+    table = pd.DataFrame([c.row() for c in _shown(family_verdicts(list(claims)))])
     return table if columns is None else table.reindex(columns=[c for c in columns if c in table.columns])
 
 
 def per_task_table(graded: list):
     """Graded claims of several tasks side by side: one row per claim, per task its estimate,
-    interval and verdict (the paper reports five data sets; the book shows each beside the others)."""
+    interval and verdict (the paper reports five data sets; the book shows each beside the others).
+    Shows the verdicts as `claims_table` decided them (or decides the primary rows' family over
+    these rows, if no table has yet)."""
     import pandas as pd
 
+    graded = list(graded)
+    if any(g.primary and g.p_value is not None and g.p_holm is None for g in graded):
+        family_verdicts(graded)  # shown before claims_table decided the family: decide it over these rows
     rows = [{"claim": g.spec.claim, "task": g.task or "(main)", "estimate": g.estimate,
-             "interval": g.row()["interval"], "verdict": g.verdict.value} for g in family_verdicts(list(graded))]
+             "interval": g.row()["interval"], "verdict": g.verdict.value} for g in _shown(graded)]
     table = pd.DataFrame(rows)
     tasks = list(dict.fromkeys(table["task"]))
     wide = table.pivot(index="claim", columns="task", values=["estimate", "interval", "verdict"])
@@ -382,7 +399,13 @@ def save_results(chapter: str, results: dict, claims: list = ()) -> Path:
     """Write results/<chapter>.json: headline numbers plus one row per claim."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{chapter}.json"
-    payload = {"chapter": chapter, "results": results, "claims": [c.row() for c in family_verdicts(list(claims))]}
+    claims = family_verdicts(list(claims))
+    changed = [c for c in claims if c.shown is not None and c.shown != c.verdict]
+    if changed:
+        raise ValueError(f"{len(changed)} verdict(s) shown in a table differ from the chapter's whole family of primary rows "
+                         f"(e.g. {changed[0].spec.claim!r}: shown {changed[0].shown.value}, now {changed[0].verdict.value}): "
+                         f"show claims_table of every graded row before per_task_table of a part of them")
+    payload = {"chapter": chapter, "results": results, "claims": [c.row() for c in claims]}
     path.write_text(json.dumps(payload, indent=2, default=_jsonable))
     return path
 

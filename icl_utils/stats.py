@@ -67,8 +67,11 @@ class Interval:
 
     def p_value(self, null: float = 0.0, side: str = "two-sided") -> float:
         """The t test that matches the interval: two-sided against `null`, or one-sided ("less":
-        the estimate below `null`; "greater": above). A zero standard error gives 0 or 1."""
-        t = (self.estimate - null) / self.se if self.se > 0 else math.copysign(math.inf, self.estimate - null or 1.0)
+        the estimate below `null`; "greater": above). The standard error is read off the interval's
+        half-width (the same as `se` for every interval built here), so the test and the interval
+        always agree. A zero standard error gives 0 or 1."""
+        se = (self.high - self.low) / (2 * t_quantile(self.confidence, self.n_units)) if self.high > self.low else self.se
+        t = (self.estimate - null) / se if se > 0 else math.copysign(math.inf, self.estimate - null or 1.0)
         if side == "less":
             return float(_st.t.cdf(t, self.df))
         if side == "greater":
@@ -236,14 +239,24 @@ def minimum_detectable_effect(se: float, n_units: int, confidence: float = CONFI
 
 
 def units_to_settle(se: float, n_units: int, effect: float, threshold: float, confidence: float = CONFIDENCE) -> int:
-    """Units at which an interval around the same estimate would settle a claim: exclude 0 when the
+    """Units at which a t interval around the same estimate would settle a claim: exclude 0 when the
     estimated `effect` (in the claim's direction) reaches `threshold` (> 0), else exclude `threshold`
-    from above."""
+    from above. The standard error shrinks as 1 / sqrt(units); the t quantile with it."""
     if threshold <= 0:
         raise ValueError("threshold (the smallest effect that counts) must be positive")
     gap = effect if effect >= threshold else threshold - effect
-    half_width = float(_st.norm.ppf(1 - (1 - confidence) / 2)) * se
-    return max(n_units + 1, math.ceil(n_units * (half_width / gap) ** 2))
+
+    def settles(n: int) -> bool:
+        return t_quantile(confidence, n) * se * math.sqrt(n_units / n) < gap
+
+    high = n_units + 1
+    while not settles(high) and high < 10 ** 12:
+        high *= 2
+    low = max(n_units + 1, high // 2)
+    while low < high:  # the fewest units that settle it
+        middle = (low + high) // 2
+        low, high = (low, middle) if settles(middle) else (middle + 1, high)
+    return low
 
 
 def spearman(a, b) -> float:

@@ -6,7 +6,7 @@ import pytest
 
 import icl_utils.reporting as reporting
 from icl_utils.reporting import ClaimSpec, Verdict, grade, load_results, save_results
-from icl_utils.stats import Interval
+from icl_utils.stats import Interval, units_to_settle
 
 SPEC = ClaimSpec(
     claim="zeroing the heads lowers accuracy", paper="87.6% -> 24.4%", metric="accuracy drop",
@@ -32,8 +32,9 @@ def test_grade_follows_the_declared_rule(est, low, high, expected):
     assert graded.verdict is expected
     if expected is Verdict.INCONCLUSIVE:
         assert graded.mde == pytest.approx((2.3646 + 0.8960) * 0.05, rel=1e-3)  # t quantiles on 7 df
-        # an interval of half-width 1.96 se around 0.08 excludes 0.10 from above once se shrinks enough
-        assert graded.units_needed == math.ceil(8 * (1.959964 * 0.05 / (0.10 - 0.08)) ** 2)
+        # a t interval around 0.08 excludes 0.10 from above once se shrinks enough (about 8 x (1.96 x 0.05 / 0.02)^2)
+        assert graded.units_needed == units_to_settle(0.05, 8, 0.08, 0.10)
+        assert graded.units_needed == pytest.approx(8 * (1.959964 * 0.05 / (0.10 - 0.08)) ** 2, rel=0.02)
         assert "would settle it" in graded.row()["settle"]
     else:
         assert graded.mde is None
@@ -58,7 +59,8 @@ def test_an_equivalence_claim_needs_its_interval_inside_the_margin(est, low, hig
     assert "within ±0.05" in spec.declaration()["paper's direction"]
     if expected is Verdict.INCONCLUSIVE:
         # the half-width must shrink below the distance from 0.02 to the margin, 0.03
-        assert graded.units_needed == math.ceil(8 * (1.959964 * 0.05 / 0.03) ** 2)
+        assert graded.units_needed == units_to_settle(0.05, 8, 0.02, 0.05)
+        assert graded.units_needed == pytest.approx(8 * (1.959964 * 0.05 / 0.03) ** 2, rel=0.05)
 
 
 def test_failed_precondition_is_not_testable_even_for_a_large_effect():
@@ -173,12 +175,12 @@ def test_primary_rows_are_holm_corrected_and_exploratory_rows_are_not():
 
     se = 0.3 / st.t.isf(0.015, 9)  # estimate 0.3 with two-sided p = 0.03 on 10 units
     borderline = grade(primary, t_interval(0.3, se, 10), "borderline")
-    second = grade(primary, t_interval(0.3, se, 10), "second")
+    second = grade(ClaimSpec(**{**primary.__dict__, "claim": "a second claim"}), t_interval(0.3, se, 10), "second")
     assert borderline.verdict is Verdict.REPRODUCED and borderline.p_value == pytest.approx(0.03)
     table = reporting.claims_table([borderline, second], columns=None)
     assert list(table.verdict) == ["inconclusive", "inconclusive"]
     assert borderline.p_holm == pytest.approx(0.06) and "alone: reproduced" in table.settle[0]
-    strong = grade(primary, t_interval(0.5, 0.05, 10), "strong")  # p ~ 1e-6: with it, the last row keeps p = 0.03
+    strong = grade(ClaimSpec(**{**primary.__dict__, "claim": "a strong claim"}), t_interval(0.5, 0.05, 10), "strong")  # p ~ 1e-6: with it, the last row keeps p = 0.03
     assert list(reporting.claims_table([borderline, strong], columns=None).verdict) == ["reproduced", "reproduced"]
     assert list(table.role) == ["primary", "primary"]
     alone = grade(ClaimSpec(**{**primary.__dict__, "primary": False}), t_interval(0.3, se, 10), "exploratory")
@@ -209,3 +211,27 @@ def test_a_pinned_statistic_is_described_beside_the_table_not_graded():
     assert graded.verdict is Verdict.REPRODUCED and len(described) == 1
     blocked = reporting.grade_or_describe(SPEC, interval(0.78, 0.78, 0.78, se=0.0, n=10), "x", described, precondition_met=False)
     assert blocked.verdict is Verdict.NOT_TESTABLE and len(described) == 1
+
+
+def test_a_table_of_part_of_the_rows_cannot_show_another_verdict_than_is_saved(results_dir):
+    from scipy import stats as st
+
+    primary = ClaimSpec(**{**SPEC.__dict__, "precondition": "", "primary": True})
+    other = ClaimSpec(**{**primary.__dict__, "claim": "another claim"})
+    se = 0.3 / st.t.isf(0.015, 9)  # p = 0.03 each: reproduced alone, inconclusive as a family of two
+    a, b = grade(primary, t_interval(0.3, se, 10), "a"), grade(other, t_interval(0.3, se, 10), "b")
+    reporting.claims_table([a, b])
+    assert reporting.per_task_table([a]).iloc[0][("(main)", "verdict")] == "inconclusive"  # the family's verdict, kept
+    save_results("03_demo", {}, [a, b])
+    # a part shown first decides its own family; saving the whole then changes a shown verdict: refused
+    c, d = grade(primary, t_interval(0.3, se, 10), "c"), grade(other, t_interval(0.3, se, 10), "d")
+    reporting.per_task_table([c])
+    with pytest.raises(ValueError, match="claims_table of every graded row"):
+        save_results("03_demo", {}, [c, d])
+
+
+def test_a_claim_has_one_primary_row_per_task():
+    primary = ClaimSpec(**{**SPEC.__dict__, "precondition": "", "primary": True})
+    rows = [grade(primary, t_interval(0.3, 0.05, 10), "a"), grade(primary, t_interval(0.3, 0.05, 10), "b")]
+    with pytest.raises(ValueError, match="exploratory=True"):
+        reporting.family_verdicts(rows)

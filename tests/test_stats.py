@@ -87,13 +87,16 @@ def test_rank_statistics_match_closed_forms():
 def test_units_to_settle_an_inconclusive_estimate():
     from icl_utils.stats import units_to_settle
 
-    z = st.norm.ppf(0.975)
-    # below the threshold: the interval must come to lie under it
-    assert units_to_settle(0.05, 8, 0.06, 0.10) == math.ceil(8 * (z * 0.05 / 0.04) ** 2)
-    # at or above the threshold: the interval must leave zero
-    assert units_to_settle(0.1, 8, 0.15, 0.10) == math.ceil(8 * (z * 0.1 / 0.15) ** 2)
-    assert units_to_settle(0.1, 8, 0.10, 0.10) == math.ceil(8 * (z * 0.1 / 0.10) ** 2)
+    def settles(n, se, n_now, gap):  # a t interval on n units, its standard error shrunk as 1 / sqrt(n)
+        return st.t.ppf(0.975, n - 1) * se * math.sqrt(n_now / n) < gap
+
+    for se, n_now, effect, threshold in [(0.05, 8, 0.06, 0.10), (0.1, 8, 0.15, 0.10), (0.1, 8, 0.10, 0.10)]:
+        gap = effect if effect >= threshold else threshold - effect
+        n = units_to_settle(se, n_now, effect, threshold)
+        assert settles(n, se, n_now, gap) and not settles(n - 1, se, n_now, gap)  # the fewest that settle it
     assert units_to_settle(0.01, 8, 0.5, 0.10) == 9  # always more than now
+    # t on few units asks for more than the normal quantile would
+    assert units_to_settle(0.05, 8, 0.06, 0.10) > math.ceil(8 * (st.norm.ppf(0.975) * 0.05 / 0.04) ** 2)
 
 
 def test_nearest_matches_pairs_each_target_with_its_nearest_free_candidate():
