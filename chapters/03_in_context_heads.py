@@ -35,7 +35,7 @@
 # graded on prompts whose queries come from the *evaluation pool*, in several demonstration sets,
 # each with its own queries; 95% intervals are Student-t intervals over whole demonstration sets
 # (at least 8 of them, or the row is inconclusive), and a statistic that depends on which heads were
-# chosen is recomputed with the choice redone without each selection set. An ablation zeroes a
+# chosen is recomputed with the choice redone without random halves of the selection sets. An ablation zeroes a
 # head's output (its slice of the output projection's input) at every position. Controls: at
 # least `N_RANDOM` random head sets of each size drawn from the heads *outside* the top set (at
 # one head: every other head), heads chosen by attention to the label positions, the foo/bar
@@ -74,6 +74,7 @@ N_EVAL_GROUPS = 10  # demonstration sets for every ablation (evaluation pool), e
 CALIBRATION_PER_CLASS = 2  # calibration prompts per class and demonstration set
 HEAD_FRACTIONS = [0.01, 0.05]  # share of all heads to zero (at least one head)
 N_RANDOM = 20  # random head sets per size (at one head, every head outside the top one is used)
+N_HALVES = 100  # random halves of the selection sets left out, for statistics of the head selection (delete-d jackknife)
 SEED = 0
 BATCH_SIZE = 8
 
@@ -94,8 +95,8 @@ from icl_utils.evaluation import batches
 from icl_utils.heads import LEARNS, headline_claim, rank_heads, save_in_context_heads, top_heads
 from icl_utils.reporting import (ClaimSpec, claims_table, declared_claims_table, design_checks, grade, grade_or_describe,
                                  save_results)
-from icl_utils.stats import (difference_from_random, jackknife_interval, mean_interval, null_standard_error, percentile_of,
-                             spearman)
+from icl_utils.stats import (Replicates, difference_from_random, jackknife_interval, leave_out, mean_interval,
+                             null_standard_error, percentile_of, spearman)
 
 sns.set_theme(style="whitegrid", context="notebook")
 start = time.time()
@@ -114,7 +115,8 @@ claim_specs = {
         direction="increase", null=50.0, smallest_effect=40.0,
         smallest_effect_reason="at or above the 90th percentile of single heads",
         control="every other head zeroed alone, same prompts",
-        unit=f"{UNIT} (evaluation and selection pools, the top head chosen again without each selection set)", precondition=LEARNS),
+        unit=f"{UNIT} (evaluation and selection pools, the top head chosen again without half the selection sets)",
+        precondition=LEARNS),
     "foo heads": ClaimSpec(
         claim="Foo heads push foo: zeroing them moves the prediction towards bar",
         paper="Llama-7B / GPT-J: zeroing foo heads lowers gold-foo accuracy and raises gold-bar",
@@ -142,7 +144,7 @@ claim_specs = {
         metric="mean relative depth (0 first layer, 1 last) of the top ~5% heads",
         direction="increase", null=0.5, smallest_effect=0.10,
         smallest_effect_reason="a tenth of the depth above the middle",
-        control="the mean depth of all heads (0.5)", unit=f"{UNIT} (selection pool, the ranking redone without each set)",
+        control="the mean depth of all heads (0.5)", unit=f"{UNIT} (selection pool, the ranking redone without half the sets)",
         precondition=LEARNS, primary=True),
     "ranking vs zeroing": ClaimSpec(
         claim="Log-probability increase finds the heads that matter from one forward pass",
@@ -206,23 +208,26 @@ plt.show()
 # %% [markdown]
 # ### How stable is the ranking?
 #
-# The ranking is recomputed without each of the selection pool's demonstration sets in turn (the
-# leave-one-set-out rankings that every interval below recomputes its selection on): in how many of
-# them is each head among the top heads?
+# The ranking is recomputed without half of the selection pool's demonstration sets, `N_HALVES`
+# times (random halves: the rankings on which every interval below redoes its choice of heads; one
+# set left out at a time would rarely change a top-k choice and so hide its instability): in how
+# many of them is each head among the top heads?
 
 # %%
 sizes = sorted({max(1, round(f * info.n_total_heads)) for f in HEAD_FRACTIONS})
 n_top = max(sizes)
 in_context_heads = ranking.top(n_top)
-left_out = ranking.leave_one_out_importance()  # (selection sets, layers, heads): each set left out in turn
+halves = leave_out(ranking.n_sets, smooth=False, n_subsets=N_HALVES, seed=SEED)  # which selection sets each replicate drops
+without_half = ranking.importance_without(halves)  # (N_HALVES, layers, heads): a statistic of a selection redoes it on these
+without_one = ranking.importance_without(leave_out(ranking.n_sets))  # each set left out in turn: for smooth statistics
 in_top = torch.zeros(info.n_layers, info.n_heads)
-for draw in left_out:
+for draw in without_half:
     for l, h in top_heads(draw, n_top):
-        in_top[l, h] += 1 / len(left_out)
+        in_top[l, h] += 1 / len(without_half)
 table = pd.DataFrame([
     {"rank": r + 1, "layer": l, "head": h, "S (gold)": importance[l, h].item(),
      f"S({foo_word}) on gold {foo_word}": foo_score[l, h].item(), f"S({bar_word}) on gold {bar_word}": bar_score[l, h].item(),
-     "label attention": label_attention[l, h].item(), f"in top {n_top} (leave one set out)": in_top[l, h].item()}
+     "label attention": label_attention[l, h].item(), f"in top {n_top} (half the sets left out)": in_top[l, h].item()}
     for r, (l, h) in enumerate(top_heads(importance, n_top + 3))
 ])
 print(f"head-set sizes tested: {sizes} of {info.n_total_heads} ({', '.join(f'{n / info.n_total_heads:.1%}' for n in sizes)})")
@@ -258,7 +263,8 @@ def mean_depth(values, n=n_top):
 
 
 depth = mean_depth(importance)
-depth_ci = jackknife_interval(depth, [mean_depth(draw) for draw in left_out], unit=claim_specs["deep layers"].unit)
+depth_ci = jackknife_interval(depth, Replicates([mean_depth(draw) for draw in without_half], halves, ranking.n_sets),
+                              unit=claim_specs["deep layers"].unit)
 fig, ax = plt.subplots(figsize=(7, 2.8))
 per_layer = importance.clamp(min=0).sum(1).numpy()
 ax.bar(range(info.n_layers), per_layer, color="C0", label="sum over heads of positive S")
@@ -282,8 +288,8 @@ other_groups = iu.build_prompt_groups(other_task, N_SELECT_GROUPS, QUERIES_PER_G
 other_ranking = rank_heads(info, [p for g in other_groups for p in g], batch_size=BATCH_SIZE)
 task_rho = spearman(importance, other_ranking.importance)
 # the two tasks' selection pools are independent samples: each set of each task left out in turn
-task_ci = jackknife_interval(task_rho, [spearman(a, other_ranking.importance) for a in left_out],
-                             [spearman(importance, b) for b in other_ranking.leave_one_out_importance()],
+task_ci = jackknife_interval(task_rho, [spearman(a, other_ranking.importance) for a in without_one],
+                             [spearman(importance, b) for b in other_ranking.importance_without(leave_out(other_ranking.n_sets))],
                              unit=claim_specs["another task"].unit)
 task_overlap = len(set(in_context_heads) & set(other_ranking.top(n_top)))
 print(f"{TASK} vs {OTHER_TASK}: Spearman of S over all heads {task_rho:.2f}; top-{n_top} overlap {task_overlap}/{n_top}; "
@@ -314,9 +320,10 @@ for n in [n for n in sizes if n > 1]:
     outside = [lh for lh in all_heads if lh not in top_heads(importance, n)]
     for d in range(N_RANDOM):
         head_sets[("random", n, d)] = [outside[i] for i in rng.choice(len(outside), n, replace=False)]
-# the top set chosen again without each selection set (the intervals redo the choice; one head: the singles cover it)
-for n in [n for n in sizes if n > 1]:
-    for draw in left_out:
+# the headline's top set chosen again without each half of the selection sets (the interval redoes the
+# choice; at one head the single-head sweep covers every choice)
+for n in [n for n in sizes[:1] if n > 1]:
+    for draw in without_half:
         chosen = top_heads(draw, n)
         if sorted(chosen) != sorted(top_heads(importance, n)):
             head_sets.setdefault(("reselected", n, tuple(sorted(chosen))), chosen)
@@ -418,7 +425,9 @@ plt.show()
 #
 # Each estimate below comes with a 95% Student-t interval over the evaluation pool's demonstration
 # sets and, where the statistic depends on which heads the ranking chose, over the selection pool's
-# sets too (each set left out in turn, the choice redone without it; `stats.jackknife_interval`).
+# sets too (`stats.jackknife_interval`: one set left out at a time for smooth statistics such as
+# means and rank correlations; for statistics of a selection, the top heads chosen again without
+# random halves of the sets, since one set rarely changes a top-k choice).
 # Two design checks are printed before the table: the clean accuracy must leave room for the
 # smallest fall that counts (to chance, the floor of symmetric zeroing), and the design must be able
 # to detect it (its minimum detectable effect at 80% power, judged by the noise of a random head set
@@ -448,7 +457,8 @@ else:
     random_keys = [k for k in ablated if k[0] == "random" and k[1] == n_small]
 top_s = ablated_top(top_heads(importance, n_small))
 random_correct = np.stack([ablated[k].correct("prior", reference=clean).numpy() for k in random_keys], 1)
-reselected = np.stack([ablated_top(top_heads(draw, n_small)).correct("prior", reference=clean).numpy() for draw in left_out])
+reselected = Replicates(np.stack([ablated_top(top_heads(draw, n_small)).correct("prior", reference=clean).numpy()
+                                  for draw in without_half]), halves, ranking.n_sets)
 fall = lambda correct: clean_correct - correct  # noqa: E731  per prompt: 1 where zeroing made a right answer wrong
 # design checks: room for the smallest fall that counts above chance (the floor of symmetric zeroing), and
 # the power to detect it, judged by the noise of one random head set against the others (no effect of its own)
@@ -457,7 +467,8 @@ checks = design_checks(learns, bound=0.5, smallest_effect=claim_specs["~1% of he
 for check in checks:
     print(check)
 beyond_random = difference_from_random(fall(top_s.correct("prior", reference=clean).numpy()), fall(random_correct.T).T, clusters,
-                                       reselected=fall(reselected), unit=claim_specs["~1% of heads"].unit)
+                                       reselected=Replicates(fall(reselected.values), halves, ranking.n_sets),
+                                       unit=claim_specs["~1% of heads"].unit)
 graded.append(grade(claim_specs["~1% of heads"], beyond_random,
                     f"{MODEL}, {TASK}: {n_small} of {info.n_total_heads} heads ({n_small / info.n_total_heads:.1%}): calibrated "
                     f"{clean.accuracy('prior'):.1%} -> {top_s.accuracy('prior', reference=clean):.1%} (raw {clean.accuracy():.1%} -> "
@@ -474,11 +485,14 @@ def top_head_percentile(importance_map, eval_rows):
     return percentile_of(falls[all_heads.index(top_heads(importance_map, 1)[0])], falls)
 
 
-every_row = np.arange(len(clusters))
-percentile = jackknife_interval(top_head_percentile(importance, every_row),
-                                [top_head_percentile(importance, every_row[clusters != u]) for u in np.unique(clusters)],
-                                [top_head_percentile(draw, every_row) for draw in left_out],
-                                unit=claim_specs["top head vs every head"].unit)
+every_row, eval_sets = np.arange(len(clusters)), np.unique(clusters)
+eval_halves = leave_out(len(eval_sets), smooth=False, n_subsets=N_HALVES, seed=SEED + 1)  # a percentile is not smooth either
+percentile = jackknife_interval(
+    top_head_percentile(importance, every_row),
+    Replicates([top_head_percentile(importance, every_row[~np.isin(clusters, eval_sets[out])]) for out in eval_halves],
+               eval_halves, len(eval_sets)),
+    Replicates([top_head_percentile(draw, every_row) for draw in without_half], halves, ranking.n_sets),
+    unit=claim_specs["top head vs every head"].unit)
 graded.append(grade_or_describe(claim_specs["top head vs every head"], percentile,  # e.g. at the 100th percentile whichever set is left out
                                 f"top head {in_context_heads[0]}: percentile {percentile} among {len(all_heads)} single heads",
                                 described, precondition_met=learns_ok))
@@ -505,7 +519,7 @@ def rho_with(fall, importance_map=importance, eval_rows=every_row):
 
 def both_pools(fall):
     return jackknife_interval(rho_with(fall), [rho_with(fall, eval_rows=every_row[clusters != u]) for u in np.unique(clusters)],
-                              [rho_with(fall, importance_map=draw) for draw in left_out], unit=claim_specs["ranking vs zeroing"].unit)
+                              [rho_with(fall, importance_map=draw) for draw in without_one], unit=claim_specs["ranking vs zeroing"].unit)
 
 
 rank_rho, direct_rho = both_pools(logp_fall), both_pools(direct_fall)

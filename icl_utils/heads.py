@@ -38,7 +38,7 @@ def headline_claim(n_random: int) -> ClaimSpec:
         direction="increase", smallest_effect=0.10,
         smallest_effect_reason="ten points of accuracy beyond random heads (the paper's fall is 63 points)",
         control=f">= {n_random} random head sets of the same size outside the top set (at one head: every other head)",
-        unit="demonstration set (evaluation pool; the ranking redone without each selection set)", precondition=LEARNS,
+        unit="demonstration set (evaluation pool; the ranking redone without half the selection sets)", precondition=LEARNS,
         primary=True)
 
 
@@ -93,16 +93,22 @@ class HeadRanking:
             among = [(l, h) for l in range(mine.shape[0]) for h in range(mine.shape[1]) if mine[l, h] > others[l, h]]
         return top_heads(mine, n, among)
 
-    def leave_one_out_importance(self) -> torch.Tensor:
-        """(n_sets, n_layers, n_heads): S averaged over the prompts of every demonstration set but
-        one, each set left out in turn: the rankings a jackknife interval recomputes its selection
-        on (stats.jackknife_interval), and how stable the ranking is without any one set."""
+    def importance_without(self, left_out: list) -> torch.Tensor:
+        """(len(left_out), n_layers, n_heads): S averaged over the prompts of every demonstration set
+        but those in each entry of `left_out` (indices into the sorted sets, e.g. from
+        `stats.leave_out(n_sets, smooth=False)`): the rankings a jackknife interval redoes its
+        selection on, and how stable the ranking is without those sets."""
         if self.per_prompt is None or self.demo_set is None:
             raise ValueError("this ranking has no per-prompt scores; build it with rank_heads")
         sets = np.unique(self.demo_set)
         if len(sets) < 2:
             raise ValueError("a ranking from one demonstration set has nothing to leave out: rank on several sets")
-        return torch.stack([self.per_prompt[torch.as_tensor(self.demo_set != u)].mean(0) for u in sets])
+        return torch.stack([self.per_prompt[torch.as_tensor(~np.isin(self.demo_set, sets[out]))].mean(0) for out in left_out])
+
+    @property
+    def n_sets(self) -> int:
+        """How many demonstration sets the ranking averages over (its units)."""
+        return 0 if self.demo_set is None else len(np.unique(self.demo_set))
 
     def check_held_out(self, prompts: list) -> None:
         """Refuse prompts whose query was used to rank these heads (selection leaking into evaluation)."""

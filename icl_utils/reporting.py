@@ -29,9 +29,10 @@ rows are exploratory and keep the single-row rule. A claim declared after its da
 marked `post_hoc=True`. The column "clears" says whether the *whole* interval is past the smallest
 effect, so a strong result and a borderline one do not look alike.
 
-`grade` refuses a zero-width interval from more than one unit unless the spec declares the
-statistic exact: such an interval comes from a resampling that holds a selection fixed; a
-statistic that no single unit moves is shown beside the table instead (`grade_or_describe`). (A row
+`grade` refuses a zero-width interval from several units as evidence unless the spec declares the
+statistic exact: the row is *not testable*, since such an interval comes from a measure that takes
+one value on every unit or from a resampling that holds a selection fixed; a statistic of a
+selection that no replicate moves is shown beside the table instead (`grade_or_describe`). (A row
 already not testable, by its precondition or a failed check, or inconclusive for too few units,
 is reported as such first.)
 
@@ -240,12 +241,11 @@ def grade(spec: ClaimSpec, interval: Interval | None, book: str, precondition_me
     elif interval.n_units < MIN_UNITS:
         graded.verdict = Verdict.INCONCLUSIVE
         graded.reason = f"n units < {MIN_UNITS}: {interval.n_units} {interval.unit}s are too few to count as evidence either way"
-    elif interval.n_units > 1 and _zero_width(interval) and not spec.exact:
-        raise ValueError(f"{spec.claim!r}: a zero-width interval from {interval.n_units} {interval.unit}s means the "
-                         f"resampling holds something fixed (a head or neuron selection): recompute the statistic with its "
-                         f"selection redone without each unit (stats.jackknife_interval), show it as a description "
-                         f"instead, or declare the statistic exact (ClaimSpec(exact=True)). (A measure that cannot move "
-                         f"is not testable: pass checks=[reporting.moves_at_all(...)].)")
+    elif _zero_width(interval) and not spec.exact:  # refused as evidence: not testable, never reproduced or contradicted
+        graded.reason = (f"a zero-width interval from {interval.n_units} {interval.unit}s: every unit gives "
+                         f"{interval.estimate:.3g}, so the measure does not move here (e.g. a model that always answers one "
+                         f"word), or the resampling holds a selection fixed (redo it per replicate, stats.jackknife_interval); "
+                         f"no interval, no verdict")
     else:
         graded.verdict = _interval_verdict(spec, interval)
         graded.p_value = _row_p_value(spec, interval)

@@ -1,4 +1,5 @@
 """Ranking and selecting heads (icl_utils.heads) on tiny models."""
+import numpy as np
 import pytest
 import torch
 
@@ -51,16 +52,18 @@ def test_rank_heads_refuses_prompts_without_one_of_the_labels(info, prompts):
         H.rank_heads(info, one_label, progress=False)
 
 
-def test_leave_one_set_out_rankings_drop_whole_demonstration_sets(info, task):
+def test_rankings_without_some_sets_drop_whole_demonstration_sets(info, task):
     from icl_utils import build_prompt_groups
 
     groups = build_prompt_groups(task, 3, 2, demos_per_class=1, seed=0, distinct_queries=True, pool="selection")
     ranking = H.rank_heads(info, [p for g in groups for p in g], progress=False)
-    left_out = ranking.leave_one_out_importance()
-    assert left_out.shape == (3, info.n_layers, info.n_heads)
-    for i, s in enumerate(sorted(set(ranking.demo_set))):
-        kept = torch.as_tensor(ranking.demo_set != s)
-        torch.testing.assert_close(left_out[i], ranking.per_prompt[kept].mean(0))
+    assert ranking.n_sets == 3
+    without = ranking.importance_without([np.array([0]), np.array([1, 2])])
+    assert without.shape == (2, info.n_layers, info.n_heads)
+    sets = sorted(set(ranking.demo_set))
+    for i, out in enumerate([[0], [1, 2]]):
+        kept = torch.as_tensor(~np.isin(ranking.demo_set, [sets[j] for j in out]))
+        torch.testing.assert_close(without[i], ranking.per_prompt[kept].mean(0))
 
 
 def test_find_in_context_heads_ranks_on_the_selection_pool_and_refuses_leaks(info, task, tmp_path, monkeypatch):

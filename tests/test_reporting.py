@@ -148,8 +148,8 @@ def test_fewer_than_eight_units_are_inconclusive_whatever_the_interval():
 
 
 def test_a_zero_width_interval_is_refused_unless_the_statistic_is_exact():
-    with pytest.raises(ValueError, match="zero-width interval"):
-        grade(SPEC, interval(0.3, 0.3, 0.3, se=0.0), "x", precondition_met=True)
+    refused = grade(SPEC, interval(0.3, 0.3, 0.3, se=0.0), "x", precondition_met=True)
+    assert refused.verdict is Verdict.NOT_TESTABLE and "zero-width interval" in refused.reason
     exact = ClaimSpec(**{**SPEC.__dict__, "exact": True})
     assert grade(exact, interval(0.3, 0.3, 0.3, se=0.0), "x", precondition_met=True).verdict is Verdict.REPRODUCED
 
