@@ -699,7 +699,8 @@ for m, info in infos.items():
     fv_acc, ind_acc = accuracy_over_sizes(m, "FV heads"), accuracy_over_sizes(m, "induction heads")
     randoms = random_over_sizes(m)
 
-    null_se = null_standard_error(randoms, prompts_unit, unit="evaluation prompt")
+    # the noise of one random head set against the others: the yardstick of "able to detect"
+    null_se = null_standard_error(randoms, prompts_unit, unit="evaluation prompt") if randoms.shape[1] >= 3 else None
 
     def ablation_checks(control, control_name, arms, m=m, clean=clean, chance=chance, null_se=null_se):
         """Room for the treated heads' accuracy to fall the smallest effect below the control arm's
@@ -708,7 +709,7 @@ for m, info in infos.items():
         head set against the others (a comparison with no effect of its own)."""
         found = [room_to_move(control, chance, 0.05, f"{m}: few-shot accuracy with {control_name} ablated, against chance"),
                  moves_at_all(arms, f"{m}: few-shot accuracy per evaluation prompt")]
-        if clean.n_units >= MIN_UNITS:
+        if clean.n_units >= MIN_UNITS and null_se is not None:
             found.append(able_to_detect(null_se, clean.n_units, 0.05,
                                         f"{m}: few-shot accuracy, noise of a random head set against the others"))
         print(f"{m}, against {control_name}: " + "; ".join(map(str, found)))
@@ -746,7 +747,8 @@ for m, info in infos.items():
                            f"{m}: zero-shot accuracy with random-head vectors, against 1"),
               moves_at_all({"function vector": zs["function vector"], "random-head vectors": zs["random"]},
                            f"{m}: zero-shot accuracy per evaluation query")]
-    if by_task is not None and n_tasks >= MIN_UNITS:  # below MIN_UNITS tasks the row is inconclusive by rule
+    if by_task is not None and n_tasks >= MIN_UNITS and np.ndim(zs["random"]) == 2 and np.shape(zs["random"])[1] >= 3:
+        # below MIN_UNITS tasks the row is inconclusive by rule
         checks.append(able_to_detect(null_standard_error(zs["random"], zs["task"], unit="task"), n_tasks,
                                      claim_specs["function vector"].smallest_effect,
                                      f"{m}: zero-shot accuracy, noise of a random-head vector against the others, per task"))
