@@ -10,8 +10,8 @@ Measured by simulation (tests/test_stats.py): the percentile bootstrap over clus
 nominal 95% in only 76% of runs at 3 clusters and 88% at 8; a t interval on the cluster means
 keeps 95% at every G. The standard error comes from the delete-one-unit jackknife, which for a
 mean of equally sized clusters *is* the standard error of the cluster means, and which serves any
-smooth statistic (a ratio, a rank correlation, a statistic of a head selection recomputed without
-each unit):
+smooth statistic (a ratio, a rank correlation); a statistic of a selection (top-k heads, a
+percentile) leaves out random halves of the units instead (the delete-d jackknife, `leave_out`):
 
 * `jackknife_interval(estimate, *samples)`: the interval from jackknife replicates of one or more
   independent samples (e.g. selection sets and evaluation sets), so a statistic that depends on a
